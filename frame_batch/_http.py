@@ -1,0 +1,227 @@
+"""The HTTP layer: one httpx client per run, retries, and status -> error mapping.
+
+Providers describe requests; this module sends them. ``read`` is for idempotent calls
+(status, results, cancel) and ``create`` for calls that start paid work. A create that fails
+*after* its bytes may have left raises ``AmbiguousCreate``, never a blind resend: the engine
+decides what to do with it (reconcile, or the run's documented policy).
+
+API keys live in ``Secret`` (redacting repr) and only ever travel in request headers; every
+text that may reach an exception is passed through ``redact`` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from . import errors
+from ._retry import (
+    RetryBudget,
+    RetryPolicy,
+    is_retryable_exception,
+    is_retryable_status,
+    parse_retry_after,
+)
+
+log = logging.getLogger("frame_batch")
+
+Sleep = Callable[[float], Awaitable[None]]
+MAX_BODY_IN_ERROR = 2000
+
+
+class Secret:
+    """An API key that never shows itself in a repr, str, log line or pickle."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def fingerprint(self) -> str:
+        """8 hex chars of SHA-256: enough to notice a changed key, useless to an attacker."""
+        return hashlib.sha256(self._value.encode()).hexdigest()[:8]
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("API keys are not pickled; pass the environment variable name instead")
+
+
+def resolve_key(explicit: str | Secret | None, env_var: str, provider: str) -> Secret:
+    """The key from the argument, else the environment; a clear error when neither has one."""
+    if isinstance(explicit, Secret):
+        return explicit
+    value = explicit if explicit is not None else os.environ.get(env_var, "")
+    if not value.strip():
+        raise errors.ConfigError(
+            f"no API key for {provider}: set the {env_var} environment variable "
+            f"or pass api_key=... (to try things offline, see frame_batch.testing)"
+        )
+    return Secret(value.strip())
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class AmbiguousCreate(Exception):
+    """A create request may have reached the server, but its answer was lost."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """What a provider tells the engine about talking to it."""
+
+    provider: str
+    base_url: str
+    headers: Mapping[str, str]
+    key_hint: str  # how the user fixes a bad key, e.g. "RESPELL_API_KEY or api_key="
+    timeout: float = 60.0
+
+
+class ApiClient:
+    """Sends requests for one run with the run's retry policy and shared retry budget."""
+
+    def __init__(
+        self,
+        config: HttpConfig,
+        *,
+        secrets: Iterable[str],
+        transport: httpx.AsyncBaseTransport | None = None,
+        policy: RetryPolicy | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.config = config
+        self.policy = policy or RetryPolicy()
+        self.budget = RetryBudget(self.policy.budget)
+        self.create_requests = 0  # create requests that left (or may have left) this machine
+        self.retries = 0
+        self._secrets = tuple(secrets)
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._client = httpx.AsyncClient(
+            base_url=config.base_url,
+            headers=dict(config.headers),
+            transport=transport,
+            timeout=httpx.Timeout(config.timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def read(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
+        """An idempotent call: retried on transport errors, 408, 429 and 5xx."""
+        return await self._send(method, path, json=json, content=None, create=False)
+
+    async def create(self, method: str, path: str, *, content: bytes) -> httpx.Response:
+        """A call that starts paid work: retried only when it certainly never arrived."""
+        return await self._send(method, path, json=None, content=content, create=True)
+
+    async def _send(
+        self, method: str, path: str, *, json: Any, content: bytes | None, create: bool
+    ) -> httpx.Response:
+        headers = {"content-type": "application/json"} if content is not None else None
+        attempt = 0
+        while True:
+            try:
+                if create:
+                    self.create_requests += 1
+                response = await self._client.request(
+                    method, path, json=json, content=content, headers=headers
+                )
+            except httpx.TransportError as exc:
+                if create and not is_retryable_exception(exc, create=True):
+                    raise AmbiguousCreate(f"{type(exc).__name__}: {self._clean(str(exc))}") from None
+                if create:
+                    self.create_requests -= 1  # it never left: not a create the server saw
+                if not is_retryable_exception(exc, create=create) or not self._may_retry(attempt):
+                    raise self._transport_error(method, path, exc) from None
+                await self._wait(attempt, None, f"{method} {path}: {type(exc).__name__}")
+                attempt += 1
+                continue
+            if response.is_success:
+                self.budget.refund()
+                return response
+            if is_retryable_status(response.status_code, create=create) and self._may_retry(attempt):
+                if create:
+                    self.create_requests -= 1  # a 429 refusal: the server did not take it
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                await self._wait(attempt, retry_after, f"{method} {path}: HTTP {response.status_code}")
+                attempt += 1
+                continue
+            if create and response.status_code == 429:
+                self.create_requests -= 1
+            if create and response.status_code >= 500:
+                # The server may have started the work before failing: not safe to resend blindly.
+                raise AmbiguousCreate(f"HTTP {response.status_code}: {self._clean(response.text[:200])}")
+            raise self._status_error(method, path, response)
+
+    def _may_retry(self, attempt: int) -> bool:
+        return attempt + 1 < self.policy.attempts and self.budget.try_spend()
+
+    async def _wait(self, attempt: int, retry_after: float | None, why: str) -> None:
+        delay = self.policy.wait_for(attempt, retry_after, self._rng)
+        self.retries += 1
+        log.info("%s: retrying in %.2fs (retry %d)", why, delay, attempt + 1)
+        await self._sleep(delay)
+
+    def _clean(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def _transport_error(self, method: str, path: str, exc: Exception) -> errors.TransportError:
+        name = self.config.provider
+        return errors.TransportError(
+            f"could not reach {name} at {self.config.base_url} ({method} {path}: "
+            f"{type(exc).__name__}: {self._clean(str(exc))}); check the network or base_url. "
+            "Work already submitted is recorded: run again to resume.",
+            provider=name,
+        )
+
+    def _status_error(self, method: str, path: str, response: httpx.Response) -> errors.ProviderError:
+        status = response.status_code
+        body = self._clean(response.text[:MAX_BODY_IN_ERROR])
+        cls, advice = _ERRORS.get(status, _ERRORS[500 if status >= 500 else 400])
+        advice = advice.format(key_hint=self.config.key_hint)
+        name = self.config.provider
+        message = f"{name} answered HTTP {status} to {method} {path}: {body.strip() or '(no body)'}; {advice}"
+        return cls(message, provider=name, status_code=status, body=body)
+
+
+_RESUME = "work already submitted is recorded: run again to resume"
+_ERRORS: dict[int, tuple[type[errors.ProviderError], str]] = {
+    400: (errors.RequestRejected, "the request was refused; check the workflow's input names"),
+    401: (errors.AuthenticationError, "check the API key ({key_hint})"),
+    402: (errors.PaymentRequired, f"add credits to the account; {_RESUME}"),
+    403: (errors.AuthenticationError, "the key is not allowed to do this; check it ({key_hint})"),
+    404: (errors.NotFoundError, "check the workflow id (and base_url)"),
+    409: (errors.RequestRejected, "the request conflicts with the server's state"),
+    413: (errors.RequestRejected, "the request is too large; pass a smaller batch_size"),
+    422: (errors.RequestRejected, "the request was refused; check the workflow's input names"),
+    429: (errors.RateLimited, f"the rate limit held through every retry; {_RESUME} later"),
+    500: (errors.ServerError, f"the service kept failing through every retry; {_RESUME}"),
+}

@@ -1,0 +1,126 @@
+"""Join stored results back onto the caller's frame, by row key (never by position).
+
+Naming rules for the new columns:
+- One column per output name. Nested output maps are flattened with ``.``:
+  ``{"address": {"city": "Oslo"}}`` becomes the column ``address.city``. Lists stay lists.
+- Then three status columns: ``bulk_status`` (succeeded / failed / cancelled / skipped /
+  pending), ``bulk_error`` (why a row failed or was skipped) and ``bulk_run_id`` (the vendor's
+  run id, for support tickets).
+- A new column never overwrites an existing one: on a clash it is suffixed ``_out``
+  (then ``_out2``, ``_out3``, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+
+STATUS_COLUMNS = ("bulk_status", "bulk_error", "bulk_run_id")
+
+
+def join_results(
+    df: pd.DataFrame,
+    keys: Sequence[str | None],
+    skipped: dict[int, str],
+    results: pa.Table,
+) -> pd.DataFrame:
+    """A new frame: ``df``'s index and columns, then outputs, then status columns."""
+    lookup = pd.Index(results["key"].to_pylist(), dtype=object)
+    wanted = pd.Index(["" if k is None else k for k in keys], dtype=object)
+    indexer = lookup.get_indexer(wanted) if len(lookup) else np.full(len(wanted), -1, dtype=np.intp)
+    indexer[np.fromiter((k is None for k in keys), dtype=bool, count=len(keys))] = -1
+
+    outputs = _outputs(results["outputs"].to_pylist(), indexer)
+    status, error, run_id = _status(results, indexer, skipped)
+
+    out = df.copy(deep=False)  # a new frame; the caller's stays untouched
+    taken = set(map(_label, out.columns))
+    new: dict[str, Any] = {}
+    for name in outputs.columns:
+        new[_free(str(name), taken)] = outputs[name].to_numpy()
+    for name, values in zip(STATUS_COLUMNS, (status, error, run_id), strict=True):
+        new[_free(name, taken)] = values
+    added = pd.DataFrame(new, index=out.index)
+    added = added.infer_objects()
+    joined: pd.DataFrame = pd.concat([out, added], axis=1) if len(out.columns) else added
+    return joined
+
+
+def _outputs(raw: list[str | None], indexer: np.ndarray) -> pd.DataFrame:
+    """Parse and flatten only the result rows the frame uses, then spread them to positions."""
+    used = np.unique(indexer[indexer >= 0])
+    records = [_flatten(orjson.loads(raw[i])) if raw[i] else {} for i in used]
+    unique = pd.DataFrame.from_records(records) if records else pd.DataFrame()
+    if unique.shape[1] == 0:
+        return pd.DataFrame(index=pd.RangeIndex(len(indexer)))
+    # Position of each frame row in ``unique``; rows without a result point at an empty row
+    # (added only when needed, so an all-succeeded int column stays int).
+    slot = np.searchsorted(used, indexer)
+    missing = indexer < 0
+    if missing.any():
+        slot[missing] = len(used)
+        unique = unique.reindex(pd.RangeIndex(len(used) + 1))
+    spread: pd.DataFrame = unique.iloc[slot].reset_index(drop=True)
+    return spread
+
+
+def _status(results: pa.Table, indexer: np.ndarray, skipped: dict[int, str]) -> tuple[np.ndarray, ...]:
+    n = len(indexer)
+    have = indexer >= 0
+    safe = np.where(have, indexer, 0)
+
+    def column(name: str, default: object) -> np.ndarray:
+        values = np.array(results[name].to_pylist() or [None], dtype=object)
+        picked = values[safe]
+        picked[~have] = default
+        return picked
+
+    status = column("status", "pending")
+    error = column("error", None)
+    run_id = column("run_id", None)
+    for position, message in skipped.items():
+        if position < n:
+            status[position] = "skipped"
+            error[position] = message
+            run_id[position] = None
+    pending = status == "pending"
+    error[pending & (error == None)] = "not finished yet: run again to resume"  # noqa: E711
+    return status, error, run_id
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix or "output": value}
+    flat: dict[str, Any] = {}
+    for key, inner in value.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(inner, dict) and inner:
+            flat.update(_flatten(inner, name))
+        else:
+            flat[name] = inner
+    return flat
+
+
+def _label(column: Hashable) -> str:
+    return column if isinstance(column, str) else str(column)
+
+
+def _free(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_out``, ``name_out2``, ... whichever is not taken yet."""
+    candidate = name
+    counter = 1
+    while candidate in taken:
+        candidate = f"{name}_out" if counter == 1 else f"{name}_out{counter}"
+        counter += 1
+    taken.add(candidate)
+    return candidate
+
+
+def count_statuses(frame_status: Iterable[str]) -> dict[str, int]:
+    values, counts = np.unique(np.asarray(list(frame_status), dtype=object).astype(str), return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))

@@ -1,0 +1,365 @@
+"""``frame_batch.run`` and ``frame_batch.plan``: frame -> rows -> engine -> frame.
+
+This is the only module that holds a DataFrame and the engine at once. It resolves the
+provider and the input columns (so bad arguments fail before anything is sent), opens the
+store, plans lazily (chunks are encoded as the engine asks for batches), runs the engine,
+and joins the stored results back by key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from . import errors
+from ._encode import encode_frame, resolve_inputs
+from ._engine import Engine, EngineOptions, OnAmbiguous, RunContext
+from ._http import ApiClient
+from ._join import STATUS_COLUMNS, join_results
+from ._keys import fingerprint, row_key, scope_of
+from ._planning import PlanState, plan_batches
+from ._progress import TqdmProgress
+from ._retry import RetryPolicy
+from ._sync import run_sync
+from ._types import ProgressCallback, ProviderLimits, RunSummary
+from .providers import Provider, resolve_provider
+from .store import Store
+
+log = logging.getLogger("frame_batch")
+
+DEFAULT_CACHE = ".frame_batch"
+"""The default ``cache=``: a ``.frame_batch/`` directory in the current working directory."""
+
+Inputs = Mapping[str, Hashable] | Sequence[str] | None
+Cache = str | os.PathLike[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The enriched frame, what the run did, and the rows that may have been paid twice."""
+
+    frame: pd.DataFrame
+    summary: RunSummary
+    possibly_duplicated: pd.Index
+
+    def __iter__(self) -> Iterator[Any]:  # ``out, summary = frame_batch.run(...)``
+        yield self.frame
+        yield self.summary
+
+
+@dataclass(frozen=True, slots=True)
+class PlanReport:
+    """A dry run: what ``run`` would send now, with nothing sent."""
+
+    rows: int
+    skipped: int
+    cached: int
+    duplicates: int  # rows that share their inputs with an earlier row (sent once)
+    to_submit: int
+    batches: int
+    create_requests: int
+    in_flight: int  # rows in batches submitted by an earlier run: polled, not sent again
+    in_flight_batches: int
+    unresolved_batches: int  # create in flight when an earlier run stopped
+    errors: tuple[str, ...]  # the first skipped rows' reasons
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.rows} rows: {self.cached} cached, {self.to_submit} to submit in {self.batches} "
+            f"batches ({self.create_requests} create requests), {self.duplicates} duplicates sent once, "
+            f"{self.skipped} skipped"
+        )
+        if self.in_flight_batches:
+            text += f"; {self.in_flight} rows in {self.in_flight_batches} batches in flight will be polled"
+        if self.unresolved_batches:
+            text += f"; {self.unresolved_batches} batches had a create request in flight when a run stopped"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    provider: Provider
+    workflow: str
+    pairs: tuple[tuple[str, Hashable], ...]
+    limits: ProviderLimits
+    scope: bytes
+    scope_id: str
+
+
+def _setup(
+    df: pd.DataFrame,
+    workflow: str,
+    provider: str | Provider,
+    inputs: Inputs,
+    *,
+    api_key: str | None,
+    base_url: str | None,
+    batch_size: int | None,
+    max_bytes: int | None,
+    max_in_flight: int | None,
+    poll_interval: float | None,
+) -> _Setup:
+    if not isinstance(df, pd.DataFrame):
+        raise errors.InputError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if not isinstance(workflow, str) or not workflow.strip():
+        raise errors.ConfigError("workflow must be a non-empty string (the spell / pipeline / task id)")
+    prov = resolve_provider(provider, api_key=api_key, base_url=base_url)
+    pairs = resolve_inputs(df, inputs)
+    limits = _limits(prov.limits, batch_size, max_bytes, max_in_flight, poll_interval)
+    scope_parts = prov.scope(workflow)
+    scope_id = fingerprint("scope", *scope_parts)
+    return _Setup(prov, workflow, pairs, limits, scope_of(*scope_parts), scope_id)
+
+
+def _limits(
+    base: ProviderLimits,
+    batch_size: int | None,
+    max_bytes: int | None,
+    in_flight: int | None,
+    poll: float | None,
+) -> ProviderLimits:
+    for name, value in (("batch_size", batch_size), ("max_bytes", max_bytes), ("max_in_flight", in_flight)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise errors.ConfigError(f"{name} must be a positive integer, not {value!r}")
+    if poll is not None and not poll > 0:
+        raise errors.ConfigError(f"poll_interval must be a positive number of seconds, not {poll!r}")
+    return ProviderLimits(
+        max_rows_per_batch=batch_size or base.max_rows_per_batch,
+        max_bytes_per_batch=max_bytes or base.max_bytes_per_batch,
+        poll_interval=poll or base.poll_interval,
+        first_poll=min(base.first_poll, poll or base.poll_interval),
+        max_in_flight=in_flight or base.max_in_flight,
+    )
+
+
+def run(
+    df: pd.DataFrame,
+    workflow: str,
+    *,
+    provider: str | Provider,
+    inputs: Inputs = None,
+    cache: Cache = DEFAULT_CACHE,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    batch_size: int | None = None,
+    max_bytes: int | None = None,
+    max_in_flight: int | None = None,
+    poll_interval: float | None = None,
+    timeout: float | None = None,
+    retry_failed: bool = False,
+    on_ambiguous: OnAmbiguous = "resubmit",
+    cancel_on_interrupt: bool = False,
+    progress: bool | ProgressCallback = True,
+    retry: RetryPolicy | None = None,
+    chunk_rows: int = 10_000,
+) -> RunResult:
+    """Run ``workflow`` on every row of ``df``; return the enriched frame and a summary.
+
+    Rows become input maps (``inputs``: input name -> column; default every column by name),
+    are sent in batches, and their outputs come back as new columns next to ``bulk_status``,
+    ``bulk_error`` and ``bulk_run_id``. Results are stored in ``cache`` as they land: running
+    the same call again resumes, and never pays for a stored row twice.
+    """
+    setup = _setup(
+        df,
+        workflow,
+        provider,
+        inputs,
+        api_key=api_key,
+        base_url=base_url,
+        batch_size=batch_size,
+        max_bytes=max_bytes,
+        max_in_flight=max_in_flight,
+        poll_interval=poll_interval,
+    )
+    if on_ambiguous not in ("resubmit", "fail"):
+        raise errors.ConfigError(f"on_ambiguous must be 'resubmit' or 'fail', not {on_ambiguous!r}")
+    if timeout is not None and not timeout > 0:
+        raise errors.ConfigError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    http = setup.provider.http_config()  # resolves the API key: fails here, before any work
+    options = EngineOptions(
+        max_in_flight=setup.limits.max_in_flight,
+        poll_interval=setup.limits.poll_interval,
+        first_poll=setup.limits.first_poll,
+        deadline=timeout,
+        on_ambiguous=on_ambiguous,
+        cancel_on_interrupt=cancel_on_interrupt,
+    )
+    bar = TqdmProgress(f"{setup.provider.name} {workflow[:32]}") if progress is True else None
+    callback: ProgressCallback | None = bar if bar is not None else (progress or None)  # type: ignore[assignment]
+    started = time.monotonic()
+    store = Store.open(cache)
+    try:
+        store.acquire()
+        state = PlanState()
+
+        async def execute() -> tuple[int, Any]:
+            api = ApiClient(
+                http,
+                secrets=setup.provider.secrets(),
+                transport=transport,
+                policy=retry,
+                max_connections=max(4, setup.limits.max_in_flight * 2),
+            )
+            in_flight: set[str] = set()
+            engine = Engine(
+                RunContext(
+                    setup.provider, workflow, setup.scope_id, fingerprint(setup.scope_id, setup.pairs)
+                ),
+                api,
+                store,
+                options,
+                progress=callback,
+                # Unique rows needing a remote result: exact once planning has seen every row,
+                # an upper bound before (rows not yet planned count as needing one).
+                total=lambda: len(in_flight) + len(state.planned) + (len(df) - state.rows),
+            )
+            try:
+                refs = await engine.prepare(store.journal.open_batches(setup.scope_id))
+                in_flight.update(k for ref in refs for k in ref.keys)
+                done = store.done_keys(setup.scope_id, retry_failed=retry_failed)
+                batches = plan_batches(
+                    encode_frame(df, setup.pairs, chunk_rows=chunk_rows),
+                    key_of=partial(row_key, setup.scope),
+                    is_done=done.__contains__,
+                    in_flight=in_flight.__contains__,
+                    max_rows=setup.limits.max_rows_per_batch,
+                    max_bytes=setup.limits.max_bytes_per_batch,
+                    state=state,
+                )
+                report = await engine.run(refs, batches)
+                return api.create_requests, report
+            finally:
+                await api.aclose()
+
+        try:
+            create_requests, report = run_sync(execute)
+        except KeyboardInterrupt:
+            where = (
+                "a temporary cache (cache=None): nothing to resume" if store.temporary else str(store.root)
+            )
+            print(
+                f"\ninterrupted: results collected so far are stored in {where}; "
+                "run the same call again to resume (stored rows are not paid again)",
+                file=sys.stderr,
+            )
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        frame = join_results(df, state.keys, state.errors, store.latest(setup.scope_id))
+        summary, dup_index = _summarize(df, frame, state, store, create_requests, report, started)
+    finally:
+        store.close()
+    if progress:
+        print(summary, file=sys.stderr)
+    return RunResult(frame, summary, dup_index)
+
+
+def _summarize(
+    df: pd.DataFrame,
+    frame: pd.DataFrame,
+    state: PlanState,
+    store: Store,
+    creates: int,
+    report: Any,
+    started: float,
+) -> tuple[RunSummary, pd.Index]:
+    status_col = [c for c in frame.columns if isinstance(c, str) and c.startswith(STATUS_COLUMNS[0])][-1]
+    counts = frame[status_col].value_counts().to_dict()
+    dups = store.journal.possible_duplicates()
+    flags = [k is not None and k in dups for k in state.keys]
+    notes: list[str] = []
+    if report.timed_out:
+        notes.append("the deadline (timeout=) was reached: pending rows resume on the next run")
+    if report.unknown_states:
+        notes.append(f"undocumented states seen: {', '.join(sorted(report.unknown_states))}")
+    summary = RunSummary(
+        rows=len(df),
+        unique_inputs=len({k for k in state.keys if k is not None}),
+        cached=state.cached,
+        submitted=len(state.planned),
+        succeeded=int(counts.get("succeeded", 0)),
+        failed=int(counts.get("failed", 0)),
+        cancelled=int(counts.get("cancelled", 0)),
+        skipped=int(counts.get("skipped", 0)),
+        pending=int(counts.get("pending", 0)),
+        create_requests=creates,
+        batches=report.batches_submitted,
+        possibly_duplicated=sum(flags),
+        elapsed_s=time.monotonic() - started,
+        cache_dir=None if store.temporary else str(store.root),
+        notes=tuple(notes),
+    )
+    return summary, df.index[flags]
+
+
+def plan(
+    df: pd.DataFrame,
+    workflow: str,
+    *,
+    provider: str | Provider,
+    inputs: Inputs = None,
+    cache: Cache = DEFAULT_CACHE,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    batch_size: int | None = None,
+    max_bytes: int | None = None,
+    retry_failed: bool = False,
+    chunk_rows: int = 10_000,
+) -> PlanReport:
+    """What ``run`` would do now: rows cached, to submit, batches, requests. Sends nothing."""
+    setup = _setup(
+        df,
+        workflow,
+        provider,
+        inputs,
+        api_key=api_key,
+        base_url=base_url,
+        batch_size=batch_size,
+        max_bytes=max_bytes,
+        max_in_flight=None,
+        poll_interval=None,
+    )
+    with Store.open(cache) as store:
+        open_batches = store.journal.open_batches(setup.scope_id)
+        in_flight = {k for b in open_batches if b.state == "submitted" for k in b.keys}
+        done = store.done_keys(setup.scope_id, retry_failed=retry_failed)
+        state = PlanState()
+        batches = sum(
+            1
+            for _ in plan_batches(
+                encode_frame(df, setup.pairs, chunk_rows=chunk_rows),
+                key_of=partial(row_key, setup.scope),
+                is_done=done.__contains__,
+                in_flight=in_flight.__contains__,
+                max_rows=setup.limits.max_rows_per_batch,
+                max_bytes=setup.limits.max_bytes_per_batch,
+                state=state,
+            )
+        )
+    valid = sum(k is not None for k in state.keys)
+    unique = len({k for k in state.keys if k is not None})
+    return PlanReport(
+        rows=state.rows,
+        skipped=state.rows - valid,
+        cached=state.cached,
+        duplicates=valid - unique,
+        to_submit=len(state.planned),
+        batches=batches,
+        create_requests=batches,
+        in_flight=state.in_flight,
+        in_flight_batches=sum(b.state == "submitted" for b in open_batches),
+        unresolved_batches=sum(b.state == "submitting" for b in open_batches),
+        errors=tuple(state.errors[p] for p in sorted(state.errors)[:20]),
+    )

@@ -1,0 +1,149 @@
+"""Frozen values passed between modules.
+
+Everything the encoder, planner, engine, store and providers hand each other is one of
+these: immutable, typed, and free of pandas (the engine knows nothing about frames).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Literal
+
+RowStatus = Literal["succeeded", "failed", "cancelled", "skipped", "pending"]
+"""The state a row ends a run in. ``pending`` rows are resumable by running again."""
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+"""Statuses a provider reports for a finished remote run (``skipped`` never reaches one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedChunk:
+    """A slice of the frame, encoded: one canonical JSON object per row, or an error.
+
+    ``payloads[i]`` belongs to frame position ``start + i``; it is ``None`` exactly when
+    ``errors`` holds a message for that position.
+    """
+
+    start: int
+    payloads: list[bytes | None]
+    errors: dict[int, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Rows to send in one create request: the unit of payment."""
+
+    batch_id: str
+    keys: tuple[str, ...]
+    payloads: tuple[bytes, ...]  # canonical JSON objects, in the order of ``keys``
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(p) for p in self.payloads)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRef:
+    """What polling a submitted batch needs; all of it survives a restart (journal)."""
+
+    batch_id: str
+    remote_id: str
+    keys: tuple[str, ...]  # the order the rows were sent in
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """The outcome of one remote run, keyed by row key (never by position)."""
+
+    key: str
+    status: Literal["succeeded", "failed", "cancelled"]
+    outputs: dict[str, object] | None = None
+    error: str | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPoll:
+    """One look at a submitted batch.
+
+    ``done`` is true only when every row has a terminal result in ``results``. Rows in a
+    state the provider does not document are counted in ``unknown`` and keep the batch
+    open: an unknown state is never taken for success.
+    """
+
+    done: bool
+    results: tuple[RowResult, ...] = ()
+    unknown: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLimits:
+    """How a provider wants to be driven; every field can be overridden per run."""
+
+    max_rows_per_batch: int
+    max_bytes_per_batch: int
+    poll_interval: float  # seconds between polls once a batch has been running a while
+    first_poll: float = 0.25  # the first poll comes sooner; the interval grows to poll_interval
+    max_in_flight: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot handed to the progress callback after every change."""
+
+    total: int  # rows that need a remote result in this run (after cache and dedupe)
+    done: int  # of those, rows with a terminal result
+    failed: int
+    batches_submitted: int
+    batches_in_flight: int
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What a run did, in counts. Returned next to the frame by ``frame_batch.run``."""
+
+    rows: int
+    unique_inputs: int
+    cached: int
+    submitted: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    skipped: int
+    pending: int
+    create_requests: int
+    batches: int
+    possibly_duplicated: int
+    elapsed_s: float
+    cache_dir: str | None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def complete(self) -> bool:
+        """True when no row is left pending."""
+        return self.pending == 0
+
+    def __str__(self) -> str:
+        parts = [
+            f"{self.rows} rows",
+            f"{self.succeeded} succeeded",
+            f"{self.failed} failed",
+        ]
+        if self.cancelled:
+            parts.append(f"{self.cancelled} cancelled")
+        if self.skipped:
+            parts.append(f"{self.skipped} skipped (bad input)")
+        if self.pending:
+            parts.append(f"{self.pending} pending (rerun to resume)")
+        parts.append(f"{self.cached} from cache")
+        parts.append(f"{self.create_requests} create requests")
+        if self.possibly_duplicated:
+            parts.append(f"{self.possibly_duplicated} possibly paid twice")
+        return ", ".join(parts) + f" in {self.elapsed_s:.1f}s"
+
+
+RowLabel = Hashable

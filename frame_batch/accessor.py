@@ -1,0 +1,35 @@
+"""``df.bulk``: the pandas accessor. A thin, stateless shell over ``frame_batch.run``.
+
+pandas 3 builds a fresh accessor object on every ``df.bulk``, so nothing may live here
+between calls: state is in the cache directory, never on the accessor or in ``df.attrs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from . import _run
+
+
+@pd.api.extensions.register_dataframe_accessor("bulk")
+class BulkAccessor:
+    """Run AI-workflow bulk APIs over this frame's rows: ``df.bulk.run(workflow, provider=...)``."""
+
+    __slots__ = ("_df",)
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self._df = df
+
+    def run(self, workflow: str, **options: Any) -> pd.DataFrame:
+        """Return a new frame with one column per output plus bulk_status/error/run_id.
+
+        Takes the keyword options of ``frame_batch.run``; use that function to also get the
+        run's summary.
+        """
+        return _run.run(self._df, workflow, **options).frame
+
+    def plan(self, workflow: str, **options: Any) -> _run.PlanReport:
+        """A dry run: rows cached, to submit, batches and requests. Sends nothing."""
+        return _run.plan(self._df, workflow, **options)

@@ -1,0 +1,91 @@
+"""The ``frame-batch`` command line: ``demo`` and ``emulate`` (``run``, ``status``, ``cancel``
+follow with the Excel round trip).
+
+Exit codes: 0 success; 1 some rows failed; 2 the run failed (an error was raised);
+130 interrupted (Ctrl-C; the run is resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import errors
+
+EXIT_OK, EXIT_ROWS_FAILED, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="frame-batch",
+        description="Run AI-workflow bulk APIs over every row of a table.",
+        epilog="Exit codes: 0 ok, 1 some rows failed, 2 the run failed, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a bundled table through the Respell emulator (no key, no network)",
+        description="Run ~300 sample sales leads through a Respell spell on the in-process emulator, "
+        "then write the enriched table as .xlsx and .parquet. Run it twice: the second run is "
+        "served from the cache with zero submissions.",
+        epilog="example: frame-batch demo --out ./frame-batch-demo",
+    )
+    demo.add_argument("--out", default="frame-batch-demo", help="output folder (default: %(default)s)")
+    demo.add_argument(
+        "--latency", type=float, default=1.0, help="simulated seconds per run (default: %(default)s)"
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    emulate = sub.add_parser(
+        "emulate",
+        help="serve a vendor emulator on a loopback port",
+        description="Serve a stateful vendor emulator over HTTP on loopback, for offline tests.",
+        epilog="example: frame-batch emulate respell --port 8787   "
+        "(then: Respell(base_url='http://127.0.0.1:8787', api_key='any'))",
+    )
+    emulate.add_argument("vendor", choices=["respell"])
+    emulate.add_argument("--host", default="127.0.0.1", help="loopback address (default: %(default)s)")
+    emulate.add_argument(
+        "--port", type=int, default=8787, help="port, 0 = any free port (default: %(default)s)"
+    )
+    emulate.add_argument("--latency", type=float, default=0.5, help="seconds until a run finishes")
+    emulate.add_argument("--jitter", type=float, default=0.5, help="extra random seconds per run")
+    emulate.add_argument("--failure-rate", type=float, default=0.0, help="fraction of runs that fail")
+    emulate.add_argument("--api-key", action="append", help="accept only this key (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import main as demo_main
+
+            demo_main(args.out, latency=args.latency, progress=not args.no_progress)
+            return EXIT_OK  # the demo's few failed rows are part of the show
+        return _emulate(args)
+    except errors.FrameBatchError as exc:
+        print(f"frame-batch: error: {exc}", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _emulate(args: argparse.Namespace) -> int:
+    from .testing import RespellEmulator, serve_forever
+
+    emulator = RespellEmulator(
+        latency=args.latency, jitter=args.jitter, failure_rate=args.failure_rate, api_keys=args.api_key
+    )
+
+    def ready(handle: object) -> None:
+        print(f"respell emulator listening on {getattr(handle, 'url', handle)} (Ctrl-C to stop)", flush=True)
+
+    serve_forever(emulator.handler, host=args.host, port=args.port, on_ready=ready)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

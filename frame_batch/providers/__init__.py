@@ -1,0 +1,35 @@
+"""Vendor adapters behind one protocol, and the registry that maps names to them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Provider
+from .respell import Respell
+
+__all__ = ["PROVIDERS", "Provider", "Respell", "resolve_provider"]
+
+PROVIDERS: dict[str, Callable[..., Provider]] = {"respell": Respell}
+
+
+def resolve_provider(provider: str | Provider, **options: Any) -> Provider:
+    """A Provider object as given, or built from its name with ``api_key``/``base_url``."""
+    if isinstance(provider, str):
+        factory = PROVIDERS.get(provider.lower())
+        if factory is None:
+            names = ", ".join(sorted(PROVIDERS))
+            raise ConfigError(
+                f"unknown provider {provider!r}; choose one of: {names}, or pass a Provider object"
+            )
+        return factory(**{k: v for k, v in options.items() if v is not None})
+    if isinstance(provider, Provider):
+        given = [k for k, v in options.items() if v is not None]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} go to the Provider object itself when provider= is one "
+                f"(e.g. Respell(api_key=..., base_url=...))"
+            )
+        return provider
+    raise ConfigError(f"provider must be a name or a Provider object, not {type(provider).__name__}")

@@ -1,0 +1,125 @@
+"""The durable store behind ``cache=``: a journal (SQLite) plus result parts (Parquet).
+
+Directory layout::
+
+    <cache>/
+      journal.sqlite3          batches: submitting / submitted(remote id) / collected ...
+      results/<scope>/part-<batch_id>.parquet
+      lock                     held (flock) by the run using this cache
+
+``<scope>`` is a hash of provider + workflow (+ version), so one cache directory serves
+many workflows without mixing them. A run holds the lock for its whole length: a second run
+on the same cache waits for it rather than paying for the same rows at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .._types import RowResult
+from ..errors import StoreError
+from .journal import Journal, JournalBatch
+from .parts import RESULT_SCHEMA, PartStore
+
+__all__ = ["RESULT_SCHEMA", "Journal", "JournalBatch", "PartStore", "Store"]
+
+FINAL_STATUSES = ("succeeded", "failed")  # a stored cancelled row is sent again on rerun
+
+
+class Store:
+    """Journal + parts + the run lock, for one cache directory."""
+
+    def __init__(self, root: Path, *, temporary: bool = False) -> None:
+        self.root = root
+        self.temporary = temporary
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "results").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the cache directory {root}: {exc}; pass cache=<a writable dir>"
+            ) from None
+        self.journal = Journal(root / "journal.sqlite3")
+        self.parts = PartStore(root / "results")
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, cache: str | os.PathLike[str] | None) -> Store:
+        """``cache=None`` gives a throwaway store (deleted on close): nothing resumes."""
+        if cache is None:
+            return cls(Path(tempfile.mkdtemp(prefix="frame-batch-")), temporary=True)
+        return cls(Path(cache).expanduser())
+
+    # -- locking ------------------------------------------------------------------------
+    def acquire(self, *, timeout: float = 30.0) -> None:
+        """Take the cache lock; wait up to ``timeout`` for another run to finish with it."""
+        import fcntl
+
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StoreError(
+                        f"another run is using the cache {self.root}; wait for it to finish "
+                        "or pass a different cache="
+                    ) from None
+                time.sleep(0.05)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def close(self) -> None:
+        self.release()
+        self.journal.close()
+        if self.temporary:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- results ------------------------------------------------------------------------
+    def write_results(self, scope: str, batch_id: str, results: list[RowResult]) -> None:
+        """Persist a collected batch, then mark it collected (that order: see parts.py)."""
+        self.parts.write(scope, batch_id, results)
+        self.journal.collected(batch_id)
+
+    def done_keys(self, scope: str, *, retry_failed: bool = False) -> set[str]:
+        """Keys whose latest stored result is final: they are never submitted again."""
+        table = self.latest(scope, columns=("key", "status"))
+        final = ("succeeded",) if retry_failed else FINAL_STATUSES
+        mask = pc.is_in(table["status"], value_set=pa.array(final))
+        return set(table.filter(mask)["key"].to_pylist())
+
+    def latest(self, scope: str, columns: Iterable[str] = RESULT_SCHEMA.names) -> pa.Table:
+        """One row per key: the most recently collected result."""
+        names = list(dict.fromkeys([*columns, "key", "finished_at"]))
+        table = self.parts.read(scope, names)
+        if table.num_rows == 0:
+            return table
+        # Newest last after the sort in parts.read; keep the last row of each key.
+        reversed_table = table.take(pa.array(range(table.num_rows - 1, -1, -1)))
+        keys = reversed_table["key"]
+        first = pc.equal(pc.index_in(keys, value_set=keys), pa.array(range(table.num_rows)))
+        return reversed_table.filter(first)

@@ -1,0 +1,104 @@
+"""Result part files: one Parquet file per collected batch, written atomically.
+
+Why parts and not one growing file: a ``ParquetWriter`` file has no footer until it is
+closed, so a crash makes the whole file unreadable (reliability notes §1.5). A part is
+written to a temp name starting with ``.`` (dataset discovery skips those), fsynced,
+``os.replace``d onto its final name, and the directory is fsynced: after a crash a part is
+either complete or absent. The part name is the batch id, so collecting a batch again
+(after a crash between writing and journaling) replaces the same file: no duplicates.
+
+Layout: ``results/<scope>/part-<batch_id>.parquet`` with the columns of ``RESULT_SCHEMA``.
+Everything here goes through a directory path and plain file operations, so a future backend
+on shared storage (fsspec-style URLs) only has to provide the same three methods.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .._types import RowResult
+
+RESULT_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("run_id", pa.string()),
+        ("outputs", pa.string()),  # the output map as JSON text: nested and mixed types survive
+        ("batch_id", pa.string()),
+        ("finished_at", pa.float64()),
+    ]
+)
+
+
+class PartStore:
+    """The directory of result parts."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def write(self, scope: str, batch_id: str, results: Sequence[RowResult]) -> Path:
+        """Write one batch's results durably; return the part's path."""
+        folder = self.root / scope
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"part-{batch_id}.parquet"
+        temp = folder / f".part-{batch_id}.parquet.tmp"
+        table = _to_table(batch_id, results)
+        with open(temp, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+        _fsync_dir(folder)
+        return final
+
+    def read(self, scope: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """Every stored result of ``scope``, newest last (one row per key and batch)."""
+        folder = self.root / scope
+        paths = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+        names = list(columns) if columns is not None else RESULT_SCHEMA.names
+        if not paths:
+            return RESULT_SCHEMA.empty_table().select(names)
+        tables = [pq.read_table(p, columns=names, schema=RESULT_SCHEMA) for p in paths]
+        table = pa.concat_tables(tables)
+        if "finished_at" in names:
+            table = table.sort_by("finished_at")
+        return table
+
+    def parts(self, scope: str) -> list[Path]:
+        folder = self.root / scope
+        return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+
+
+def _to_table(batch_id: str, results: Sequence[RowResult]) -> pa.Table:
+    now = time.time()
+    outputs = [None if r.outputs is None else orjson.dumps(r.outputs).decode() for r in results]
+    return pa.table(
+        {
+            "key": [r.key for r in results],
+            "status": [r.status for r in results],
+            "error": [r.error for r in results],
+            "run_id": [r.run_id for r in results],
+            "outputs": outputs,
+            "batch_id": [batch_id] * len(results),
+            "finished_at": [now] * len(results),
+        },
+        schema=RESULT_SCHEMA,
+    )
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":  # Windows cannot open a directory; os.replace is already durable there
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,42 @@
+"""Shared fixtures: emulators in-process, a small frame, and a run helper with no waiting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import frame_batch
+from frame_batch import Respell, RetryPolicy
+from frame_batch.testing import RespellEmulator
+
+SPELL = "clxdq2y1w008g2l7by88758uh"
+KEY = "test-key"
+
+
+def topics(n: int) -> pd.DataFrame:
+    """A frame of ``n`` distinct rows with a string and an int column."""
+    return pd.DataFrame({"topic": [f"topic {i}" for i in range(n)], "n": list(range(n))})
+
+
+@pytest.fixture
+def emulator() -> RespellEmulator:
+    return RespellEmulator()
+
+
+@pytest.fixture
+def run_with(tmp_path: Path) -> Callable[..., frame_batch.RunResult]:
+    """Run against an emulator in-process: no sleeping between retries, fast polling."""
+
+    def go(df: pd.DataFrame, emu: RespellEmulator, **options: Any) -> frame_batch.RunResult:
+        options.setdefault("cache", tmp_path / "cache")
+        options.setdefault("progress", False)
+        options.setdefault("retry", RetryPolicy.testing())
+        options.setdefault("poll_interval", 0.01)
+        provider = options.pop("provider", None) or Respell(api_key=options.pop("api_key", KEY))
+        return frame_batch.run(df, SPELL, provider=provider, transport=emu.transport(), **options)
+
+    return go

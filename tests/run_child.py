@@ -1,0 +1,37 @@
+"""A run in a child process, for the crash and interrupt tests: ``python run_child.py URL CACHE N``.
+
+Runs ``frame_batch.run`` over ``N`` topic rows against the emulator at URL and writes the
+result frame to ``CACHE/../out.parquet``. Extra options come as JSON in argv[4].
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+import frame_batch
+from frame_batch import Respell, RetryPolicy
+
+
+def main() -> None:
+    url, cache, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    df = pd.DataFrame({"topic": [f"topic {i}" for i in range(n)], "n": list(range(n))})
+    result = frame_batch.run(
+        df,
+        "clxdq2y1w008g2l7by88758uh",
+        provider=Respell(api_key="child-key", base_url=url),
+        cache=cache,
+        progress=False,
+        retry=RetryPolicy.testing(),
+        **options,
+    )
+    result.frame.to_parquet(cache.parent / "out.parquet")
+    print(json.dumps({"possibly_duplicated": [int(i) for i in result.possibly_duplicated]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
