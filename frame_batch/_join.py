@@ -96,6 +96,8 @@ def _status(results: pa.Table, indexer: np.ndarray, skipped: dict[int, str]) -> 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(value, dict):
         return {prefix or "output": value}
+    if not prefix and not any(isinstance(inner, dict) for inner in value.values()):
+        return value  # already flat: the common case, no copy
     flat: dict[str, Any] = {}
     for key, inner in value.items():
         name = f"{prefix}.{key}" if prefix else str(key)

@@ -203,7 +203,7 @@ def run(
         store.acquire()
         state = PlanState()
 
-        async def execute() -> tuple[int, Any]:
+        async def execute() -> tuple[int, Any, Any]:
             api = ApiClient(
                 http,
                 secrets=setup.provider.secrets(),
@@ -227,7 +227,8 @@ def run(
             try:
                 refs = await engine.prepare(store.journal.open_batches(setup.scope_id))
                 in_flight.update(k for ref in refs for k in ref.keys)
-                done = store.done_keys(setup.scope_id, retry_failed=retry_failed)
+                stored = store.latest(setup.scope_id)
+                done = store.done_keys(setup.scope_id, retry_failed=retry_failed, latest=stored)
                 batches = plan_batches(
                     encode_frame(df, setup.pairs, chunk_rows=chunk_rows),
                     key_of=partial(row_key, setup.scope),
@@ -238,12 +239,15 @@ def run(
                     state=state,
                 )
                 report = await engine.run(refs, batches)
-                return api.create_requests, report
+                # Nothing new collected (a resumed, finished run): the table read above is current.
+                if report.rows_collected or report.batches_submitted:
+                    stored = store.latest(setup.scope_id)
+                return api.create_requests, report, stored
             finally:
                 await api.aclose()
 
         try:
-            create_requests, report = run_sync(execute)
+            create_requests, report, stored = run_sync(execute)
         except KeyboardInterrupt:
             where = (
                 "a temporary cache (cache=None): nothing to resume" if store.temporary else str(store.root)
@@ -257,7 +261,7 @@ def run(
         finally:
             if bar is not None:
                 bar.close()
-        frame = join_results(df, state.keys, state.errors, store.latest(setup.scope_id))
+        frame = join_results(df, state.keys, state.errors, stored)
         summary, dup_index = _summarize(df, frame, state, store, create_requests, report, started)
     finally:
         store.close()

@@ -845,20 +845,24 @@ def known_bad(value: Any) -> bool:
 
 
 def naive(value: dt.datetime | None) -> str | None:
+    """Expected JSON for a naive datetime cell."""
     return None if value is None else value.isoformat()
 
 
 def aware(value: dt.datetime | None) -> str | None:
+    """Expected JSON for an aware datetime cell: UTC with Z."""
     if value is None:
         return None
     return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def finite(value: float) -> float | None:
+    """Expected JSON for a float64 cell (NaN -> null; inf rows are errors anyway)."""
     return None if math.isnan(value) or math.isinf(value) else value
 
 
 def same(value: Any) -> Any:
+    """Expected JSON for cells sent as they are."""
     return value
 
 
@@ -878,6 +882,7 @@ KINDS: dict[str, tuple[st.SearchStrategy[Any], Any, Any]] = {
 
 
 def indexes(n: int) -> st.SearchStrategy[pd.Index]:
+    """Plain, non-unique, MultiIndex and DatetimeIndex indexes of length n."""
     return st.sampled_from(
         [
             pd.RangeIndex(n),

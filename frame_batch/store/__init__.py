@@ -105,9 +105,11 @@ class Store:
         self.parts.write(scope, batch_id, results)
         self.journal.collected(batch_id)
 
-    def done_keys(self, scope: str, *, retry_failed: bool = False) -> set[str]:
+    def done_keys(
+        self, scope: str, *, retry_failed: bool = False, latest: pa.Table | None = None
+    ) -> set[str]:
         """Keys whose latest stored result is final: they are never submitted again."""
-        table = self.latest(scope, columns=("key", "status"))
+        table = self.latest(scope, columns=("key", "status")) if latest is None else latest
         final = ("succeeded",) if retry_failed else FINAL_STATUSES
         mask = pc.is_in(table["status"], value_set=pa.array(final))
         return set(table.filter(mask)["key"].to_pylist())
