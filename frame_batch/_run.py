@@ -227,7 +227,7 @@ def run(
             try:
                 refs = await engine.prepare(store.journal.open_batches(setup.scope_id))
                 in_flight.update(k for ref in refs for k in ref.keys)
-                stored = store.latest(setup.scope_id)
+                stored, written = store.latest(setup.scope_id), store.parts_written
                 done = store.done_keys(setup.scope_id, retry_failed=retry_failed, latest=stored)
                 batches = plan_batches(
                     encode_frame(df, setup.pairs, chunk_rows=chunk_rows),
@@ -239,8 +239,8 @@ def run(
                     state=state,
                 )
                 report = await engine.run(refs, batches)
-                # Nothing new collected (a resumed, finished run): the table read above is current.
-                if report.rows_collected or report.batches_submitted:
+                # Nothing written since (a resumed, finished run): the table read above is current.
+                if store.parts_written != written:
                     stored = store.latest(setup.scope_id)
                 return api.create_requests, report, stored
             finally:

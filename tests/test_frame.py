@@ -181,3 +181,25 @@ def test_numpy_values_in_outputs_are_typed_columns(run_with: Runner) -> None:
     out = run_with(topics(4), RespellEmulator(spells={SPELL: lambda x: {"score": 0.5, "k": 3}})).frame
     assert out["score"].dtype == np.float64
     assert out["k"].dtype == np.int64
+
+
+def test_run_inside_a_running_event_loop(tmp_path: Path) -> None:
+    """Called from code already inside an event loop (as in Jupyter), run() still completes."""
+    import asyncio
+
+    emu = RespellEmulator()
+
+    async def notebook_cell() -> pd.DataFrame:
+        asyncio.get_running_loop()  # we are inside a loop, like IPython's
+        return frame_batch.run(
+            topics(5),
+            SPELL,
+            provider=Respell(api_key=KEY),
+            transport=emu.transport(),
+            cache=tmp_path,
+            progress=False,
+            poll_interval=0.01,
+        ).frame
+
+    out = asyncio.run(notebook_cell())
+    assert out["bulk_status"].eq("succeeded").all()

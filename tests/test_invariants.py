@@ -70,7 +70,7 @@ def test_rows_unfinished_at_the_deadline_are_pending_and_resumable(run_with: Run
     assert first.summary.pending == 12
     assert not first.summary.complete
     clock.now = 1000.0
-    second = run_with(df, emu, batch_size=5)
+    second = run_with(df, emu, batch_size=5, timeout=20)  # a resubmission would wait forever
     assert set(second.frame["bulk_status"]) == {"succeeded"}
     assert emu.create_requests == 3  # the rerun polled; it did not resubmit
 
@@ -112,7 +112,7 @@ def test_restart_polls_submitted_batches_instead_of_resubmitting(tmp_path: Path,
     run_with(df, emu, timeout=0.2, batch_size=3)
     assert emu.create_requests == 3
     clock.now = 60.0
-    out = run_with(df, emu, batch_size=3).frame
+    out = run_with(df, emu, batch_size=3, timeout=20).frame  # a resubmission would wait forever
     assert emu.create_requests == 3
     assert out["bulk_status"].eq("succeeded").all()
 

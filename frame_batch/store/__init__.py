@@ -51,6 +51,7 @@ class Store:
         self.journal = Journal(root / "journal.sqlite3")
         self.parts = PartStore(root / "results")
         self._lock_fd: int | None = None
+        self.parts_written = 0  # by this process: tells a reader whether its table is stale
 
     @classmethod
     def open(cls, cache: str | os.PathLike[str] | None) -> Store:
@@ -103,6 +104,7 @@ class Store:
     def write_results(self, scope: str, batch_id: str, results: list[RowResult]) -> None:
         """Persist a collected batch, then mark it collected (that order: see parts.py)."""
         self.parts.write(scope, batch_id, results)
+        self.parts_written += 1
         self.journal.collected(batch_id)
 
     def done_keys(
