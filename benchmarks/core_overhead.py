@@ -59,32 +59,22 @@ def main() -> None:
         finally:
             server_cpu += time.process_time() - start
 
+    options = {
+        "provider": Respell(api_key="bench"),
+        "transport": httpx.MockTransport(timed),
+        "progress": False,
+        "retry": RetryPolicy.testing(),
+        "batch_size": args.batch_size,
+        "max_in_flight": 16,
+        "poll_interval": 0.001,
+    }
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with tempfile.TemporaryDirectory() as cache:
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        result = frame_batch.run(
-            df,
-            "bench",
-            provider=Respell(api_key="bench"),
-            transport=httpx.MockTransport(timed),
-            cache=Path(cache),
-            progress=False,
-            retry=RetryPolicy.testing(),
-            batch_size=args.batch_size,
-            max_in_flight=16,
-            poll_interval=0.001,
-        )
+        result = frame_batch.run(df, "bench", cache=Path(cache), **options)  # type: ignore[arg-type]
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         resume0 = time.perf_counter()
-        again = frame_batch.run(
-            df,
-            "bench",
-            provider=Respell(api_key="bench"),
-            transport=httpx.MockTransport(timed),
-            cache=Path(cache),
-            progress=False,
-            batch_size=args.batch_size,
-        )
+        again = frame_batch.run(df, "bench", cache=Path(cache), **options)  # type: ignore[arg-type]
         resume = time.perf_counter() - resume0
     assert result.summary.succeeded == args.rows
     assert again.summary.create_requests == 0
