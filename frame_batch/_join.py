@@ -12,7 +12,7 @@ Naming rules for the new columns:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,8 +121,3 @@ def _free(name: str, taken: set[str]) -> str:
         counter += 1
     taken.add(candidate)
     return candidate
-
-
-def count_statuses(frame_status: Iterable[str]) -> dict[str, int]:
-    values, counts = np.unique(np.asarray(list(frame_status), dtype=object).astype(str), return_counts=True)
-    return dict(zip(values.tolist(), counts.tolist(), strict=True))

@@ -6,15 +6,12 @@ these: immutable, typed, and free of pandas (the engine knows nothing about fram
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 RowStatus = Literal["succeeded", "failed", "cancelled", "skipped", "pending"]
 """The state a row ends a run in. ``pending`` rows are resumable by running again."""
-
-TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
-"""Statuses a provider reports for a finished remote run (``skipped`` never reaches one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +141,3 @@ class RunSummary:
         if self.possibly_duplicated:
             parts.append(f"{self.possibly_duplicated} possibly paid twice")
         return ", ".join(parts) + f" in {self.elapsed_s:.1f}s"
-
-
-RowLabel = Hashable

@@ -27,7 +27,6 @@ import orjson
 from ..errors import StoreError
 
 SCHEMA_VERSION = "1"
-OPEN_STATES = ("submitting", "submitted")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
