@@ -117,7 +117,7 @@ class ApiClient:
         self.config = config
         self.policy = policy or RetryPolicy()
         self.budget = RetryBudget(self.policy.budget)
-        self.create_requests = 0  # create requests that left (or may have left) this machine
+        self.create_requests = 0  # creates the server saw or may have seen (429 refusals excluded)
         self.retries = 0
         self._secrets = tuple(secrets)
         self._sleep = sleep
@@ -149,33 +149,28 @@ class ApiClient:
         attempt = 0
         while True:
             try:
-                if create:
-                    self.create_requests += 1
                 response = await self._client.request(
                     method, path, json=json, content=content, headers=headers
                 )
             except httpx.TransportError as exc:
                 if create and not is_retryable_exception(exc, create=True):
+                    self.create_requests += 1  # it may have reached the server
                     raise AmbiguousCreate(f"{type(exc).__name__}: {self._clean(str(exc))}") from None
-                if create:
-                    self.create_requests -= 1  # it never left: not a create the server saw
                 if not is_retryable_exception(exc, create=create) or not self._may_retry(attempt):
                     raise self._transport_error(method, path, exc) from None
                 await self._wait(attempt, None, f"{method} {path}: {type(exc).__name__}")
                 attempt += 1
                 continue
+            if create and response.status_code != 429:
+                self.create_requests += 1  # the server saw it (a 429 is an explicit refusal)
             if response.is_success:
                 self.budget.refund()
                 return response
             if is_retryable_status(response.status_code, create=create) and self._may_retry(attempt):
-                if create:
-                    self.create_requests -= 1  # a 429 refusal: the server did not take it
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 await self._wait(attempt, retry_after, f"{method} {path}: HTTP {response.status_code}")
                 attempt += 1
                 continue
-            if create and response.status_code == 429:
-                self.create_requests -= 1
             if create and response.status_code >= 500:
                 # The server may have started the work before failing: not safe to resend blindly.
                 raise AmbiguousCreate(f"HTTP {response.status_code}: {self._clean(response.text[:200])}")

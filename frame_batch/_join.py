@@ -28,8 +28,9 @@ def join_results(
     keys: Sequence[str | None],
     skipped: dict[int, str],
     results: pa.Table,
-) -> pd.DataFrame:
-    """A new frame: ``df``'s index and columns, then outputs, then status columns."""
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A new frame (``df``'s index and columns, then outputs, then status columns), and the
+    status of every row, whatever name its column ended up with."""
     lookup = pd.Index(results["key"].to_pylist(), dtype=object)
     wanted = pd.Index(["" if k is None else k for k in keys], dtype=object)
     indexer = lookup.get_indexer(wanted) if len(lookup) else np.full(len(wanted), -1, dtype=np.intp)
@@ -48,7 +49,7 @@ def join_results(
     added = pd.DataFrame(new, index=out.index)
     added = added.infer_objects()
     joined: pd.DataFrame = pd.concat([out, added], axis=1) if len(out.columns) else added
-    return joined
+    return joined, status
 
 
 def _outputs(raw: list[str | None], indexer: np.ndarray) -> pd.DataFrame:

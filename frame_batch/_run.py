@@ -12,25 +12,27 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 
 from . import errors
 from ._encode import encode_frame, resolve_inputs
 from ._engine import Engine, EngineOptions, OnAmbiguous, RunContext
 from ._http import ApiClient
-from ._join import STATUS_COLUMNS, join_results
+from ._join import join_results
 from ._keys import fingerprint, row_key, scope_of
 from ._planning import PlanState, plan_batches
 from ._progress import TqdmProgress
 from ._retry import RetryPolicy
 from ._sync import run_sync
-from ._types import ProgressCallback, ProviderLimits, RunSummary
+from ._types import Batch, ProgressCallback, ProviderLimits, RunSummary
 from .providers import Provider, resolve_provider
 from .store import Store
 
@@ -118,6 +120,21 @@ def _setup(
     scope_parts = prov.scope(workflow)
     scope_id = fingerprint("scope", *scope_parts)
     return _Setup(prov, workflow, pairs, limits, scope_of(*scope_parts), scope_id)
+
+
+def _stream_batches(
+    df: pd.DataFrame, setup: _Setup, state: PlanState, done: set[str], in_flight: set[str], chunk_rows: int
+) -> Iterator[Batch]:
+    """The frame, encoded chunk by chunk and planned into batches (lazily)."""
+    return plan_batches(
+        encode_frame(df, setup.pairs, chunk_rows=chunk_rows),
+        key_of=partial(row_key, setup.scope),
+        is_done=done.__contains__,
+        in_flight=in_flight.__contains__,
+        max_rows=setup.limits.max_rows_per_batch,
+        max_bytes=setup.limits.max_bytes_per_batch,
+        state=state,
+    )
 
 
 def _limits(
@@ -229,15 +246,7 @@ def run(
                 in_flight.update(k for ref in refs for k in ref.keys)
                 stored, written = store.latest(setup.scope_id), store.parts_written
                 done = store.done_keys(setup.scope_id, retry_failed=retry_failed, latest=stored)
-                batches = plan_batches(
-                    encode_frame(df, setup.pairs, chunk_rows=chunk_rows),
-                    key_of=partial(row_key, setup.scope),
-                    is_done=done.__contains__,
-                    in_flight=in_flight.__contains__,
-                    max_rows=setup.limits.max_rows_per_batch,
-                    max_bytes=setup.limits.max_bytes_per_batch,
-                    state=state,
-                )
+                batches = _stream_batches(df, setup, state, done, in_flight, chunk_rows)
                 report = await engine.run(refs, batches)
                 # Nothing written since (a resumed, finished run): the table read above is current.
                 if store.parts_written != written:
@@ -261,8 +270,8 @@ def run(
         finally:
             if bar is not None:
                 bar.close()
-        frame = join_results(df, state.keys, state.errors, stored)
-        summary, dup_index = _summarize(df, frame, state, store, create_requests, report, started)
+        frame, status = join_results(df, state.keys, state.errors, stored)
+        summary, dup_index = _summarize(df, status, state, store, create_requests, report, started)
     finally:
         store.close()
     if progress:
@@ -272,15 +281,14 @@ def run(
 
 def _summarize(
     df: pd.DataFrame,
-    frame: pd.DataFrame,
+    status: np.ndarray,
     state: PlanState,
     store: Store,
     creates: int,
     report: Any,
     started: float,
 ) -> tuple[RunSummary, pd.Index]:
-    status_col = [c for c in frame.columns if isinstance(c, str) and c.startswith(STATUS_COLUMNS[0])][-1]
-    counts = frame[status_col].value_counts().to_dict()
+    counts = Counter(status.tolist())
     dups = store.journal.possible_duplicates()
     flags = [k is not None and k in dups for k in state.keys]
     notes: list[str] = []
@@ -340,18 +348,7 @@ def plan(
         in_flight = {k for b in open_batches if b.state == "submitted" for k in b.keys}
         done = store.done_keys(setup.scope_id, retry_failed=retry_failed)
         state = PlanState()
-        batches = sum(
-            1
-            for _ in plan_batches(
-                encode_frame(df, setup.pairs, chunk_rows=chunk_rows),
-                key_of=partial(row_key, setup.scope),
-                is_done=done.__contains__,
-                in_flight=in_flight.__contains__,
-                max_rows=setup.limits.max_rows_per_batch,
-                max_bytes=setup.limits.max_bytes_per_batch,
-                state=state,
-            )
-        )
+        batches = sum(1 for _ in _stream_batches(df, setup, state, done, in_flight, chunk_rows))
     valid = sum(k is not None for k in state.keys)
     unique = len({k for k in state.keys if k is not None})
     return PlanReport(

@@ -36,7 +36,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import secrets
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -56,6 +55,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from openpyxl.writer.excel import ExcelWriter
 
+from frame_batch._fs import atomic_write
 from frame_batch.errors import ConfigError, InputError
 
 __all__ = [
@@ -348,33 +348,14 @@ def _row(ws: WriteOnlyWorksheet, values: Sequence[_CellValue]) -> list[Cell | _C
     return [_string_cell(ws, v) if isinstance(v, str) else v for v in values]
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable on POSIX; Windows cannot open a directory.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _atomic_save(wb: Workbook, target: Path) -> None:
-    # Same directory, so os.replace is a rename; the leading "." hides it from globs.
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            # What Workbook.save does, but with the zip closed even when a write fails: an
-            # unclosed ZipFile would try to finish itself later, on a closed file.
-            with zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
-                ExcelWriter(wb, archive).write_data()
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+    # What Workbook.save does, but with the zip closed even when a write fails: an
+    # unclosed ZipFile would try to finish itself later, on a closed file.
+    with (
+        atomic_write(target) as fh,
+        zipfile.ZipFile(fh, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive,
+    ):
+        ExcelWriter(wb, archive).write_data()
 
 
 # --------------------------------------------------------------------------- public

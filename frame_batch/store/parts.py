@@ -2,9 +2,9 @@
 
 Why parts and not one growing file: a ``ParquetWriter`` file has no footer until it is
 closed, so a crash makes the whole file unreadable (reliability notes §1.5). A part is
-written to a temp name starting with ``.`` (dataset discovery skips those), fsynced,
-``os.replace``d onto its final name, and the directory is fsynced: after a crash a part is
-either complete or absent. The part name is the batch id, so collecting a batch again
+written through ``_fs.atomic_write`` (a ``.``-prefixed temp name that dataset discovery
+skips, fsync, ``os.replace``, fsync of the directory): after a crash a part is either
+complete or absent. The part name is the batch id, so collecting a batch again
 (after a crash between writing and journaling) replaces the same file: no duplicates.
 
 Layout: ``results/<scope>/part-<batch_id>.parquet`` with the columns of ``RESULT_SCHEMA``.
@@ -14,7 +14,6 @@ on shared storage (fsspec-style URLs) only has to provide the same three methods
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._fs import atomic_write
 from .._types import RowResult
 
 RESULT_SCHEMA = pa.schema(
@@ -49,14 +49,8 @@ class PartStore:
         folder = self.root / scope
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"part-{batch_id}.parquet"
-        temp = folder / f".part-{batch_id}.parquet.tmp"
-        table = _to_table(batch_id, results)
-        with open(temp, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-        _fsync_dir(folder)
+        with atomic_write(final) as handle:
+            pq.write_table(_to_table(batch_id, results), handle, compression="zstd")
         return final
 
     def read(self, scope: str, columns: Sequence[str] | None = None) -> pa.Table:
@@ -92,13 +86,3 @@ def _to_table(batch_id: str, results: Sequence[RowResult]) -> pa.Table:
         },
         schema=RESULT_SCHEMA,
     )
-
-
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":  # Windows cannot open a directory; os.replace is already durable there
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
