@@ -16,10 +16,11 @@ from ._http import Secret
 from ._retry import RetryPolicy
 from ._run import DEFAULT_CACHE, PlanReport, RunResult, plan, run
 from ._types import Progress, ProviderLimits, RunSummary
-from .providers import Provider, Respell
+from .providers import Parallel, Provider, Respell
 
 __all__ = [
     "DEFAULT_CACHE",
+    "Parallel",
     "PlanReport",
     "Progress",
     "Provider",

@@ -4,9 +4,11 @@ Rules this module keeps (DESIGN §4):
 - The journal says ``submitting`` before a create request leaves and ``submitted`` (with the
   remote id) as soon as it returns; a batch's results are stored before it is marked collected.
 - At most ``max_in_flight`` batches are submitted-but-not-collected at once.
-- A create whose answer was lost is reconciled through the provider; when the provider cannot
-  tell, ``on_ambiguous`` decides: ``"resubmit"`` sends the rows again and records them as
-  possibly paid twice, ``"fail"`` marks them failed and sends nothing more.
+- Submitting is stage (journaled) then create, so a lost answer can be looked for. A create
+  whose answer was lost is reconciled through the provider: adopted when found, sent again
+  when certainly absent. When the provider cannot tell, ``on_ambiguous`` decides:
+  ``"resubmit"`` sends the rows again and records them as possibly paid twice, ``"fail"``
+  marks them failed and sends nothing more.
 - Rows are matched to results by key; a batch that ends with rows missing from the vendor's
   answer gets a failed result for each of them (no row is silently dropped).
 - An overall deadline stops waiting and leaves unfinished batches resumable. A cancellation
@@ -22,19 +24,21 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 from . import errors
 from ._http import AmbiguousCreate, ApiClient
-from ._types import Batch, BatchRef, Progress, ProgressCallback, RowResult
+from ._types import Batch, BatchPoll, BatchRef, Progress, ProgressCallback, RowResult
 from .providers.base import Provider
 from .store import JournalBatch, Store
 
 log = logging.getLogger("frame_batch")
 
 OnAmbiguous = Literal["resubmit", "fail"]
+NOT_FOUND = "create answer lost; reconciled: nothing was created, rows sent again"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,7 @@ class EngineOptions:
     on_ambiguous: OnAmbiguous = "resubmit"
     cancel_on_interrupt: bool = False
     max_ambiguous_resubmits: int = 3
+    reconcile_delay: float = 0.0  # seconds to wait before looking for a lost create's work
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,8 @@ class EngineReport:
     timed_out: bool = False
     resumed_batches: int = 0
     unknown_states: set[str] = field(default_factory=set)
+    attention: set[str] = field(default_factory=set)  # messages for the user, each logged once
+    adopted_batches: int = 0
 
 
 class Engine:
@@ -94,24 +101,30 @@ class Engine:
         self._total = total
         self._slots = asyncio.Semaphore(options.max_in_flight)
         self._in_flight: dict[str, BatchRef] = {}
+        self._staged: dict[str, str] = {}  # batch id -> staged id, while its create is in flight
 
     # -- the run ------------------------------------------------------------------------
     async def prepare(self, open_batches: Iterable[JournalBatch]) -> list[BatchRef]:
         """Sort out what an earlier run left open; return the batches to poll.
 
-        A ``submitting`` batch may or may not have reached the vendor. It is reconciled
-        when the provider can; otherwise ``on_ambiguous`` decides, before any planning, so
-        its rows are either planned again (resubmit) or stored as failed (fail).
+        A ``submitting`` batch may or may not have reached the vendor. The provider looks
+        for it (adopted when found, planned again when certainly absent); when it cannot
+        tell, ``on_ambiguous`` decides, before any planning, so its rows are either planned
+        again (resubmit) or stored as failed (fail).
         """
         refs: list[BatchRef] = []
         for jb in open_batches:
             if jb.state == "submitted" and jb.remote_id:
                 refs.append(BatchRef(jb.batch_id, jb.remote_id, jb.keys))
                 continue
-            remote_id = await self.ctx.provider.reconcile(self.api, self.ctx.workflow, jb.batch_id, jb.keys)
-            if remote_id is not None:
-                self.store.journal.submitted(jb.batch_id, remote_id)
-                refs.append(BatchRef(jb.batch_id, remote_id, jb.keys))
+            found = await self.ctx.provider.reconcile(
+                self.api, self.ctx.workflow, jb.batch_id, jb.keys, jb.remote_id
+            )
+            if found.remote_id is not None:
+                self._adopted(jb.batch_id, found.remote_id)
+                refs.append(BatchRef(jb.batch_id, found.remote_id, jb.keys))
+            elif found.absent:
+                self.store.journal.rejected(jb.batch_id, NOT_FOUND)
             else:
                 self._unresolved(
                     jb.batch_id, jb.keys, "the run stopped while this batch's create request was in flight"
@@ -126,10 +139,10 @@ class Engine:
             async with timeout or contextlib.nullcontext(), asyncio.TaskGroup() as group:
                 for ref in resumed:
                     await self._slots.acquire()
-                    group.create_task(self._guarded(self._track(ref, first_wait=0.0)))
+                    _spawn(group, self._guarded(partial(self._track, ref, first_wait=0.0)))
                 for batch in batches:
                     await self._slots.acquire()
-                    group.create_task(self._guarded(self._submit_and_track(batch)))
+                    _spawn(group, self._guarded(partial(self._submit_and_track, batch)))
         except TimeoutError:
             self.report.timed_out = True
             log.warning(
@@ -143,9 +156,11 @@ class Engine:
             raise _first_error(group_error) from None
         return self.report
 
-    async def _guarded(self, work: Awaitable[None]) -> None:
+    async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
+        # ``work`` is a callable, not a coroutine: a task cancelled before it starts would
+        # otherwise leave a coroutine that was never awaited.
         try:
-            await work
+            await work()
         finally:
             self._slots.release()
 
@@ -166,19 +181,16 @@ class Engine:
                 workflow=self.ctx.workflow,
                 fingerprint=self.ctx.fingerprint,
             )
-            remote_id: str | None
             try:
                 remote_id = await self._create(batch)
             except AmbiguousCreate as exc:
-                remote_id = await self.ctx.provider.reconcile(
-                    self.api, self.ctx.workflow, batch.batch_id, batch.keys
-                )
-                if remote_id is None:
-                    why = f"the create request's answer was lost ({exc.reason})"
-                    if not self._unresolved(batch.batch_id, batch.keys, why):
+                found, send_again = await self._after_lost_answer(batch, exc)
+                if found is None:
+                    if not send_again:
                         return None
                     batch = replace(batch, batch_id=uuid.uuid4().hex)
                     continue
+                remote_id = found
             except (errors.ProviderError, errors.TransportError) as exc:
                 journal.rejected(batch.batch_id, type(exc).__name__)
                 raise
@@ -195,21 +207,53 @@ class Engine:
             provider=self.ctx.provider.name,
         )
 
-    async def _create(self, batch: Batch) -> str:
-        """Send the create; a cancellation (Ctrl-C, deadline) waits for its answer first.
+    async def _after_lost_answer(self, batch: Batch, exc: AmbiguousCreate) -> tuple[str | None, bool]:
+        """Reconcile a create whose answer was lost: (remote id to adopt, send the rows again?).
 
-        Abandoning a create in flight would leave it ambiguous (possibly paid twice on the
-        next run); waiting for the answer lets the journal record the remote id instead.
+        The short wait first lets a request the server is still processing show up before
+        we look for it.
         """
-        task = asyncio.ensure_future(self.ctx.provider.submit(self.api, self.ctx.workflow, batch))
+        if self.options.reconcile_delay > 0:
+            await self._sleep(self.options.reconcile_delay)
+        found = await self.ctx.provider.reconcile(
+            self.api, self.ctx.workflow, batch.batch_id, batch.keys, self._staged.pop(batch.batch_id, None)
+        )
+        if found.remote_id is not None:
+            self._adopted(batch.batch_id, found.remote_id)
+            return found.remote_id, False
+        if found.absent:
+            self.store.journal.rejected(batch.batch_id, NOT_FOUND)
+            return None, True
+        why = f"the create request's answer was lost ({exc.reason})"
+        return None, self._unresolved(batch.batch_id, batch.keys, why)
+
+    def _adopted(self, batch_id: str, remote_id: str) -> None:
+        self.report.adopted_batches += 1
+        log.info("found batch %s made by a create whose answer was lost: adopted, not sent again", remote_id)
+
+    async def _create(self, batch: Batch) -> str:
+        """Stage, journal the staged id, then send the create.
+
+        A cancellation (Ctrl-C, deadline) waits for a create in flight to answer first:
+        abandoning it would leave it ambiguous (possibly paid twice on the next run);
+        waiting lets the journal record the remote id instead.
+        """
+        provider, workflow = self.ctx.provider, self.ctx.workflow
+        staged = await provider.stage(self.api, workflow, batch)
+        if staged is not None:
+            self.store.journal.staged(batch.batch_id, staged)
+            self._staged[batch.batch_id] = staged
+        task = asyncio.ensure_future(provider.submit(self.api, workflow, batch, staged))
         try:
-            return await asyncio.shield(task)
+            remote_id = await asyncio.shield(task)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 remote_id = await task
                 self.store.journal.submitted(batch.batch_id, remote_id)
                 log.info("recorded batch %s created while stopping", remote_id)
             raise
+        self._staged.pop(batch.batch_id, None)
+        return remote_id
 
     def _unresolved(self, batch_id: str, keys: tuple[str, ...], why: str) -> bool:
         """Apply ``on_ambiguous`` to a create that may have been paid; True = send again."""
@@ -232,28 +276,49 @@ class Engine:
         return False
 
     async def _track(self, ref: BatchRef, *, first_wait: float) -> None:
-        """Poll until every row has a terminal result, then store the results."""
+        """Poll until every row has a terminal result, then store the results.
+
+        While some rows wait on the user (``attention``), the rows already finished are
+        stored at once, so a deadline or Ctrl-C does not leave them pending with them.
+        """
         wait = first_wait
         interval = max(self.options.first_poll, 0.0)
         self._in_flight[ref.batch_id] = ref
+        stored: set[str] = set()
         while True:
             if wait > 0:
                 await self._sleep(wait)
             poll = await self.ctx.provider.poll(self.api, self.ctx.workflow, ref)
-            for state in set(poll.unknown) - self.report.unknown_states:
-                self.report.unknown_states.add(state)
-                log.warning(
-                    "%s reported an undocumented state %r; still waiting for it",
-                    self.ctx.provider.name,
-                    state,
-                )
+            self._note(poll)
             if poll.done:
                 break
+            if poll.attention:
+                self._store_partial(ref, [r for r in poll.results if r.key not in stored], stored)
             wait = interval
             interval = min(max(interval * 2, 0.05), self.options.poll_interval)
-        results = _complete(ref, poll.results, self.ctx.provider.name)
+        results = [r for r in _complete(ref, poll.results, self.ctx.provider.name) if r.key not in stored]
         self.store.write_results(self.ctx.scope_id, ref.batch_id, results)
         del self._in_flight[ref.batch_id]
+        self._collected(results)
+
+    def _note(self, poll: BatchPoll) -> None:
+        """Log each undocumented state and each message for the user once per run."""
+        name = self.ctx.provider.name
+        for state in set(poll.unknown) - self.report.unknown_states:
+            self.report.unknown_states.add(state)
+            log.warning("%s reported an undocumented state %r; still waiting for it", name, state)
+        for message in set(poll.attention) - self.report.attention:
+            self.report.attention.add(message)
+            log.warning("%s: %s", name, message)
+
+    def _store_partial(self, ref: BatchRef, fresh: list[RowResult], stored: set[str]) -> None:
+        if not fresh:
+            return
+        self.store.write_partial(self.ctx.scope_id, ref.batch_id, len(stored), fresh)
+        stored.update(r.key for r in fresh)
+        self._collected(fresh)
+
+    def _collected(self, results: list[RowResult]) -> None:
         self.report.rows_collected += len(results)
         self.report.rows_failed += sum(r.status != "succeeded" for r in results)
         self._notify()
@@ -286,6 +351,15 @@ def _complete(ref: BatchRef, results: Iterable[RowResult], provider: str) -> lis
     by_key = {r.key: r for r in results}
     missing = f"{provider} finished the batch without a result for this row"
     return [by_key.get(key) or RowResult(key, "failed", error=missing) for key in ref.keys]
+
+
+def _spawn(group: asyncio.TaskGroup, work: Coroutine[Any, Any, None]) -> None:
+    """Start ``work`` in ``group``; if the group is already shutting down, close it unrun."""
+    try:
+        group.create_task(work)
+    except RuntimeError:
+        work.close()  # another batch failed a moment ago: its error is the one to raise
+        raise
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

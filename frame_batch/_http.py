@@ -12,15 +12,18 @@ text that may reach an exception is passed through ``redact`` first.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 
 from . import errors
 from ._retry import (
@@ -30,6 +33,7 @@ from ._retry import (
     is_retryable_status,
     parse_retry_after,
 )
+from ._sse import aiter_events
 
 log = logging.getLogger("frame_batch")
 
@@ -98,6 +102,9 @@ class HttpConfig:
     headers: Mapping[str, str]
     key_hint: str  # how the user fixes a bad key, e.g. "RESPELL_API_KEY or api_key="
     timeout: float = 60.0
+    # Per-status overrides of the error class and advice, where a vendor's status means
+    # something specific (Parallel's 403 is an invalid processor, not a bad key).
+    errors: Mapping[int, tuple[type[errors.ProviderError], str]] = field(default_factory=dict)
 
 
 class ApiClient:
@@ -113,6 +120,8 @@ class ApiClient:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         max_connections: int = 16,
+        creates_per_minute: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.policy = policy or RetryPolicy()
@@ -122,6 +131,7 @@ class ApiClient:
         self._secrets = tuple(secrets)
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._pacer = Pacer(creates_per_minute, clock, sleep) if creates_per_minute else None
         self._client = httpx.AsyncClient(
             base_url=config.base_url,
             headers=dict(config.headers),
@@ -134,24 +144,84 @@ class ApiClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def read(self, method: str, path: str, *, json: Any = None) -> httpx.Response:
-        """An idempotent call: retried on transport errors, 408, 429 and 5xx."""
-        return await self._send(method, path, json=json, content=None, create=False)
-
-    async def create(self, method: str, path: str, *, content: bytes) -> httpx.Response:
-        """A call that starts paid work: retried only when it certainly never arrived."""
-        return await self._send(method, path, json=None, content=content, create=True)
-
-    async def _send(
-        self, method: str, path: str, *, json: Any, content: bytes | None, create: bool
+    async def read(
+        self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None
     ) -> httpx.Response:
-        headers = {"content-type": "application/json"} if content is not None else None
+        """An idempotent call: retried on transport errors, 408, 429 and 5xx."""
+        return await self._send(method, path, json=json, content=None, params=params, create=False)
+
+    async def create(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """A call that starts paid work: retried only when it certainly never arrived."""
+        return await self._send(
+            method, path, json=None, content=content, params=params, create=True, headers=headers
+        )
+
+    async def events(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str],
+        cursor: Callable[[Any], str | None],
+        cursor_param: str = "last_event_id",
+    ) -> AsyncIterator[Any]:
+        """GET a server-sent-events stream; yield each event's JSON ``data``.
+
+        When the connection breaks mid-stream the request is sent again with
+        ``cursor_param`` set to the last event's cursor, so the stream resumes where it
+        broke instead of starting over. Reconnects spend the run's retry budget.
+        """
+        last: str | None = None
         attempt = 0
         while True:
+            query = dict(params) if last is None else {**params, cursor_param: last}
             try:
-                response = await self._client.request(
-                    method, path, json=json, content=content, headers=headers
+                response = await self._send(
+                    "GET", path, json=None, content=None, params=query, create=False, stream=True
                 )
+                try:
+                    async for event in aiter_events(response.aiter_bytes()):
+                        data = _loads(event.data)
+                        last = cursor(data) or last
+                        yield data
+                finally:
+                    await response.aclose()
+                return
+            except httpx.TransportError as exc:
+                if not self._may_retry(attempt):
+                    raise self._transport_error("GET", path, exc) from None
+                await self._wait(attempt, None, f"GET {path}: stream broke ({type(exc).__name__})")
+                attempt += 1
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        content: bytes | None,
+        params: Mapping[str, str] | None,
+        create: bool,
+        headers: Mapping[str, str] | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        sent = {"content-type": "application/json", **(headers or {})} if content is not None else None
+        attempt = 0
+        while True:
+            if create and self._pacer is not None:
+                await self._pacer.wait()
+            request = self._client.build_request(
+                method, path, json=json, content=content, params=params, headers=sent
+            )
+            try:
+                response = await self._client.send(request, stream=stream)
             except httpx.TransportError as exc:
                 if create and not is_retryable_exception(exc, create=True):
                     self.create_requests += 1  # it may have reached the server
@@ -166,6 +236,8 @@ class ApiClient:
             if response.is_success:
                 self.budget.refund()
                 return response
+            if stream:
+                await response.aread()  # the error body, for the message
             if is_retryable_status(response.status_code, create=create) and self._may_retry(attempt):
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 await self._wait(attempt, retry_after, f"{method} {path}: HTTP {response.status_code}")
@@ -200,11 +272,43 @@ class ApiClient:
     def _status_error(self, method: str, path: str, response: httpx.Response) -> errors.ProviderError:
         status = response.status_code
         body = self._clean(response.text[:MAX_BODY_IN_ERROR])
-        cls, advice = _ERRORS.get(status, _ERRORS[500 if status >= 500 else 400])
+        default = _ERRORS.get(status, _ERRORS[500 if status >= 500 else 400])
+        cls, advice = self.config.errors.get(status, default)
         advice = advice.format(key_hint=self.config.key_hint)
         name = self.config.provider
         message = f"{name} answered HTTP {status} to {method} {path}: {body.strip() or '(no body)'}; {advice}"
         return cls(message, provider=name, status_code=status, body=body)
+
+
+class Pacer:
+    """Spaces create requests to stay under a per-minute limit (a sliding 60 s window).
+
+    The vendor counts creates per key in a rolling minute; waiting here costs nothing,
+    while a 429 costs a round trip and backoff for every task that hits it.
+    """
+
+    def __init__(self, per_minute: int, clock: Callable[[], float], sleep: Sleep) -> None:
+        self._sent: collections.deque[float] = collections.deque(maxlen=per_minute)
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+
+    async def wait(self) -> None:
+        async with self._lock:  # one waiter at a time keeps the window exact
+            sent = self._sent
+            if len(sent) == sent.maxlen:
+                delay = sent[0] + 60.0 - self._clock()
+                if delay > 0:
+                    log.info("pacing create requests: %d in the last minute, waiting %.2fs", len(sent), delay)
+                    await self._sleep(delay)
+            sent.append(self._clock())
+
+
+def _loads(data: str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return {"type": "<not JSON>", "data": data[:200]}
 
 
 _RESUME = "work already submitted is recorded: run again to resume"

@@ -6,19 +6,27 @@ Naming rules for the new columns:
 - Then three status columns: ``bulk_status`` (succeeded / failed / cancelled / skipped /
   pending), ``bulk_error`` (why a row failed or was skipped) and ``bulk_run_id`` (the vendor's
   run id, for support tickets).
+- Where the provider knows the output schema, declared columns get their dtype: integer ->
+  ``Int64`` (nullable, so a missing row does not turn it into float), number -> float64,
+  boolean -> ``boolean``, date / date-time -> datetime64. Values that disagree with the
+  schema are left as sent, with a warning: nothing is coerced to NaN silently. Declared
+  columns come first, in the schema's order.
 - A new column never overwrites an existing one: on a clash it is suffixed ``_out``
   (then ``_out2``, ``_out3``, ...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import warnings
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
+
+from ._types import OutputShape
 
 STATUS_COLUMNS = ("bulk_status", "bulk_error", "bulk_run_id")
 
@@ -28,6 +36,7 @@ def join_results(
     keys: Sequence[str | None],
     skipped: dict[int, str],
     results: pa.Table,
+    shape: OutputShape | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """A new frame (``df``'s index and columns, then outputs, then status columns), and the
     status of every row, whatever name its column ended up with."""
@@ -37,13 +46,15 @@ def join_results(
     indexer[np.fromiter((k is None for k in keys), dtype=bool, count=len(keys))] = -1
 
     outputs = _outputs(results["outputs"].to_pylist(), indexer)
+    if shape is not None:
+        outputs = _apply_shape(outputs, shape)
     status, error, run_id = _status(results, indexer, skipped)
 
     out = df.copy(deep=False)  # a new frame; the caller's stays untouched
     taken = set(map(_label, out.columns))
     new: dict[str, Any] = {}
     for name in outputs.columns:
-        new[_free(str(name), taken)] = outputs[name].to_numpy()
+        new[_free(str(name), taken)] = outputs[name].array  # keeps extension dtypes (Int64)
     for name, values in zip(STATUS_COLUMNS, (status, error, run_id), strict=True):
         new[_free(name, taken)] = values
     added = pd.DataFrame(new, index=out.index)
@@ -68,6 +79,62 @@ def _outputs(raw: list[str | None], indexer: np.ndarray) -> pd.DataFrame:
         unique = unique.reindex(pd.RangeIndex(len(used) + 1))
     spread: pd.DataFrame = unique.iloc[slot].reset_index(drop=True)
     return spread
+
+
+def _apply_shape(outputs: pd.DataFrame, shape: OutputShape) -> pd.DataFrame:
+    """Drop hidden outputs; declared columns first, in schema order, with their dtype (left as
+    is when the values disagree with it)."""
+    hidden = tuple(shape.hidden)
+    if hidden:
+        keep = [c for c in outputs.columns if not any(c == h or str(c).startswith(h + ".") for h in hidden)]
+        outputs = outputs[keep]
+    converted = {
+        name: _typed(outputs[name], kind, str(name))
+        for name, kind in shape.types.items()
+        if name in outputs.columns and kind in _CONVERTERS
+    }
+    if converted:
+        outputs = outputs.assign(**converted)
+    # Declared columns in the schema's order, whatever order the vendor's answer had.
+    declared = [name for name in shape.types if name in outputs.columns]
+    rest = [name for name in outputs.columns if name not in shape.types]
+    return outputs[declared + rest]
+
+
+def _typed(column: pd.Series, kind: str, name: str) -> pd.Series:
+    try:
+        return _CONVERTERS[kind](column)
+    except (TypeError, ValueError, OverflowError) as exc:
+        sample = next((v for v in column if v is not None and v == v), None)
+        warnings.warn(
+            f"output column {name!r} is declared {kind} in the output schema but holds values like "
+            f"{sample!r} ({exc}); it is left as the vendor sent it",
+            stacklevel=4,
+        )
+        return column
+
+
+def _to_int(column: pd.Series) -> pd.Series:
+    values = [None if v is None or v != v else v for v in column]
+    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values if v is not None):
+        raise TypeError("not all values are numbers")
+    return pd.Series(pd.array(values, dtype="Int64"), index=column.index)  # nullable: no float upcast
+
+
+def _to_bool(column: pd.Series) -> pd.Series:
+    values = [None if v is None or v != v else v for v in column]
+    if any(not isinstance(v, bool) for v in values if v is not None):
+        raise TypeError("not all values are true/false")
+    return pd.Series(pd.array(values, dtype="boolean"), index=column.index)
+
+
+_CONVERTERS: dict[str, Callable[[pd.Series], pd.Series]] = {
+    "integer": _to_int,
+    "number": lambda c: pd.to_numeric(c, errors="raise").astype("float64"),
+    "boolean": _to_bool,
+    "date": lambda c: pd.to_datetime(c, format="ISO8601"),
+    "datetime": lambda c: pd.to_datetime(c, format="ISO8601", utc=True),
+}
 
 
 def _status(results: pa.Table, indexer: np.ndarray, skipped: dict[int, str]) -> tuple[np.ndarray, ...]:

@@ -6,7 +6,8 @@ Rules, in order:
    nor is a key in a batch an earlier run submitted (that batch is polled instead).
 3. Identical keys in one frame are planned once; the result fans out to every such row.
 4. Batches hold at most ``max_rows`` rows and at most ``max_bytes`` bytes of row payloads.
-   A single row bigger than ``max_bytes`` is not sent: it becomes a skipped row with a reason.
+   A single row bigger than ``max_bytes`` (or longer than the provider's ``max_chars``) is
+   not sent: it becomes a skipped row with a reason.
 5. Planning streams: a batch is yielded as soon as it is full, so the payloads of the whole
    frame never sit in memory at once.
 """
@@ -45,6 +46,7 @@ def plan_batches(
     max_rows: int,
     max_bytes: int,
     state: PlanState,
+    max_chars: int | None = None,
 ) -> Iterator[Batch]:
     """Yield batches of rows to submit; fill ``state`` with every row's key and fate."""
     keys: list[str] = []
@@ -66,13 +68,10 @@ def plan_batches(
             if in_flight(key):
                 state.in_flight += 1
                 continue
-            if len(payload) > max_bytes:
-                position = len(state.keys) - 1
-                state.errors[position] = (
-                    f"row {position}: its inputs encode to {len(payload):,} bytes, more than "
-                    f"the {max_bytes:,}-byte request limit; shorten the inputs"
-                )
-                state.keys[position] = None
+            too_big = _too_big(payload, len(state.keys) - 1, max_bytes, max_chars)
+            if too_big is not None:
+                state.errors[len(state.keys) - 1] = too_big
+                state.keys[-1] = None
                 continue
             if keys and (len(keys) >= max_rows or size + len(payload) > max_bytes):
                 yield _batch(keys, payloads, state)
@@ -83,6 +82,23 @@ def plan_batches(
             size += len(payload)
     if keys:
         yield _batch(keys, payloads, state)
+
+
+def _too_big(payload: bytes, position: int, max_bytes: int, max_chars: int | None) -> str | None:
+    """Why a row cannot be sent at all (too large for one request, or for the vendor)."""
+    if len(payload) > max_bytes:
+        return (
+            f"row {position}: its inputs encode to {len(payload):,} bytes, more than "
+            f"the {max_bytes:,}-byte request limit; shorten the inputs"
+        )
+    # Bytes >= characters in UTF-8: only a long payload needs decoding to count characters.
+    if max_chars is not None and len(payload) > max_chars and len(payload.decode()) > max_chars:
+        return (
+            f"row {position}: its inputs are {len(payload.decode()):,} characters, more than the "
+            f"{max_chars:,} the provider accepts per row (together with the task spec); shorten the "
+            "inputs or the output schema"
+        )
+    return None
 
 
 def _batch(keys: list[str], payloads: list[bytes], state: PlanState) -> Batch:

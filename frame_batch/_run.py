@@ -14,7 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -109,12 +109,13 @@ def _setup(
     max_bytes: int | None,
     max_in_flight: int | None,
     poll_interval: float | None,
+    provider_options: Mapping[str, Any],
 ) -> _Setup:
     if not isinstance(df, pd.DataFrame):
         raise errors.InputError(f"expected a pandas DataFrame, got {type(df).__name__}")
     if not isinstance(workflow, str) or not workflow.strip():
         raise errors.ConfigError("workflow must be a non-empty string (the spell / pipeline / task id)")
-    prov = resolve_provider(provider, api_key=api_key, base_url=base_url)
+    prov = resolve_provider(provider, api_key=api_key, base_url=base_url, **provider_options)
     pairs = resolve_inputs(df, inputs)
     limits = _limits(prov.limits, batch_size, max_bytes, max_in_flight, poll_interval)
     scope_parts = prov.scope(workflow)
@@ -133,6 +134,7 @@ def _stream_batches(
         in_flight=in_flight.__contains__,
         max_rows=setup.limits.max_rows_per_batch,
         max_bytes=setup.limits.max_bytes_per_batch,
+        max_chars=setup.limits.max_row_chars,
         state=state,
     )
 
@@ -149,7 +151,14 @@ def _limits(
             raise errors.ConfigError(f"{name} must be a positive integer, not {value!r}")
     if poll is not None and not poll > 0:
         raise errors.ConfigError(f"poll_interval must be a positive number of seconds, not {poll!r}")
-    return ProviderLimits(
+    cap = base.hard_max_rows
+    if batch_size is not None and cap is not None and batch_size > cap:
+        raise errors.ConfigError(
+            f"batch_size={batch_size} is more than this provider accepts per request ({cap}); "
+            f"pass batch_size={cap} or less"
+        )
+    return replace(
+        base,
         max_rows_per_batch=batch_size or base.max_rows_per_batch,
         max_bytes_per_batch=max_bytes or base.max_bytes_per_batch,
         poll_interval=poll or base.poll_interval,
@@ -179,6 +188,7 @@ def run(
     progress: bool | ProgressCallback = True,
     retry: RetryPolicy | None = None,
     chunk_rows: int = 10_000,
+    **provider_options: Any,
 ) -> RunResult:
     """Run ``workflow`` on every row of ``df``; return the enriched frame and a summary.
 
@@ -186,6 +196,9 @@ def run(
     are sent in batches, and their outputs come back as new columns next to ``bulk_status``,
     ``bulk_error`` and ``bulk_run_id``. Results are stored in ``cache`` as they land: running
     the same call again resumes, and never pays for a stored row twice.
+
+    Other keyword options go to the provider named by ``provider=`` (e.g. Parallel's
+    ``output_schema=`` and ``processor=``); see that provider's class.
     """
     setup = _setup(
         df,
@@ -198,6 +211,7 @@ def run(
         max_bytes=max_bytes,
         max_in_flight=max_in_flight,
         poll_interval=poll_interval,
+        provider_options=provider_options,
     )
     if on_ambiguous not in ("resubmit", "fail"):
         raise errors.ConfigError(f"on_ambiguous must be 'resubmit' or 'fail', not {on_ambiguous!r}")
@@ -211,6 +225,7 @@ def run(
         deadline=timeout,
         on_ambiguous=on_ambiguous,
         cancel_on_interrupt=cancel_on_interrupt,
+        reconcile_delay=setup.limits.reconcile_delay,
     )
     bar = TqdmProgress(f"{setup.provider.name} {workflow[:32]}") if progress is True else None
     callback: ProgressCallback | None = bar if bar is not None else (progress or None)  # type: ignore[assignment]
@@ -227,6 +242,7 @@ def run(
                 transport=transport,
                 policy=retry,
                 max_connections=max(4, setup.limits.max_in_flight * 2),
+                creates_per_minute=setup.limits.max_creates_per_minute,
             )
             in_flight: set[str] = set()
             engine = Engine(
@@ -270,7 +286,9 @@ def run(
         finally:
             if bar is not None:
                 bar.close()
-        frame, status = join_results(df, state.keys, state.errors, stored)
+        frame, status = join_results(
+            df, state.keys, state.errors, stored, setup.provider.output_shape(workflow)
+        )
         summary, dup_index = _summarize(df, status, state, store, create_requests, report, started)
     finally:
         store.close()
@@ -294,6 +312,7 @@ def _summarize(
     notes: list[str] = []
     if report.timed_out:
         notes.append("the deadline (timeout=) was reached: pending rows resume on the next run")
+    notes.extend(sorted(report.attention))
     if report.unknown_states:
         notes.append(f"undocumented states seen: {', '.join(sorted(report.unknown_states))}")
     summary = RunSummary(
@@ -329,6 +348,7 @@ def plan(
     max_bytes: int | None = None,
     retry_failed: bool = False,
     chunk_rows: int = 10_000,
+    **provider_options: Any,
 ) -> PlanReport:
     """What ``run`` would do now: rows cached, to submit, batches, requests. Sends nothing."""
     setup = _setup(
@@ -342,6 +362,7 @@ def plan(
         max_bytes=max_bytes,
         max_in_flight=None,
         poll_interval=None,
+        provider_options=provider_options,
     )
     with Store.open(cache) as store:
         open_batches = store.journal.open_batches(setup.scope_id)

@@ -6,7 +6,7 @@ these: immutable, typed, and free of pandas (the engine knows nothing about fram
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -72,6 +72,36 @@ class BatchPoll:
     done: bool
     results: tuple[RowResult, ...] = ()
     unknown: tuple[str, ...] = ()
+    attention: tuple[str, ...] = ()  # rows waiting on the user (e.g. Parallel's action_required)
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """What a provider found out about a create request whose answer was lost.
+
+    ``remote_id`` set: the create did happen; poll that instead of sending again.
+    ``absent``: the create certainly never happened; sending again pays nothing twice.
+    Neither: the API cannot tell; the run's ``on_ambiguous`` policy decides.
+    """
+
+    remote_id: str | None = None
+    absent: bool = False
+
+
+UNKNOWN = Reconciliation()
+
+
+@dataclass(frozen=True, slots=True)
+class OutputShape:
+    """How a provider's stored outputs become columns (applied at join time, not stored).
+
+    ``types`` maps a flattened output column to ``integer``, ``number``, ``boolean``,
+    ``date``, ``datetime`` or ``string``; ``hidden`` names output prefixes kept in the
+    store but not shown (e.g. Parallel's per-field basis unless asked for).
+    """
+
+    types: Mapping[str, str] = field(default_factory=dict)
+    hidden: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +113,10 @@ class ProviderLimits:
     poll_interval: float  # seconds between polls once a batch has been running a while
     first_poll: float = 0.25  # the first poll comes sooner; the interval grows to poll_interval
     max_in_flight: int = 4
+    hard_max_rows: int | None = None  # the vendor's own per-request cap (batch_size may not exceed it)
+    max_row_chars: int | None = None  # longer rows are skipped with a reason, never sent
+    max_creates_per_minute: int | None = None  # create requests are paced to stay under it
+    reconcile_delay: float = 0.0  # after a lost create answer, wait this long before looking
 
 
 @dataclass(frozen=True, slots=True)

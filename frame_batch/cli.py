@@ -26,13 +26,17 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run a bundled table through the Respell emulator (no key, no network)",
-        description="Run ~300 sample sales leads through a Respell spell on the in-process emulator, "
-        "then write the enriched table as .xlsx and .parquet. Run it twice: the second run is "
-        "served from the cache with zero submissions.",
-        epilog="example: frame-batch demo --out ./frame-batch-demo",
+        help="run a bundled table through a vendor emulator (no key, no network)",
+        description="Run ~300 sample sales leads through a Respell spell (or, with --provider "
+        "parallel, Parallel structured outputs: typed integer, boolean and date columns plus "
+        "citations) on the in-process emulator, then write the enriched table as .xlsx and "
+        ".parquet. Run it twice: the second run is served from the cache with zero submissions.",
+        epilog="examples: frame-batch demo --out ./frame-batch-demo   frame-batch demo --provider parallel",
     )
     demo.add_argument("--out", default="frame-batch-demo", help="output folder (default: %(default)s)")
+    demo.add_argument(
+        "--provider", choices=["respell", "parallel"], default="respell", help="vendor (default: %(default)s)"
+    )
     demo.add_argument(
         "--latency", type=float, default=1.0, help="simulated seconds per run (default: %(default)s)"
     )
@@ -42,10 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         "emulate",
         help="serve a vendor emulator on a loopback port",
         description="Serve a stateful vendor emulator over HTTP on loopback, for offline tests.",
-        epilog="example: frame-batch emulate respell --port 8787   "
-        "(then: Respell(base_url='http://127.0.0.1:8787', api_key='any'))",
+        epilog="examples: frame-batch emulate respell --port 8787   "
+        "(then: Respell(base_url='http://127.0.0.1:8787', api_key='any'));   "
+        "frame-batch emulate parallel --port 8788 --webhook-secret s3cret",
     )
-    emulate.add_argument("vendor", choices=["respell"])
+    emulate.add_argument("vendor", choices=["respell", "parallel"])
     emulate.add_argument("--host", default="127.0.0.1", help="loopback address (default: %(default)s)")
     emulate.add_argument(
         "--port", type=int, default=8787, help="port, 0 = any free port (default: %(default)s)"
@@ -54,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     emulate.add_argument("--jitter", type=float, default=0.5, help="extra random seconds per run")
     emulate.add_argument("--failure-rate", type=float, default=0.0, help="fraction of runs that fail")
     emulate.add_argument("--api-key", action="append", help="accept only this key (repeatable)")
+    emulate.add_argument(
+        "--webhook-secret", action="append", default=[], help="parallel: sign webhooks with it (repeatable)"
+    )
     return parser
 
 
@@ -63,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import main as demo_main
 
-            demo_main(args.out, latency=args.latency, progress=not args.no_progress)
+            demo_main(args.out, provider=args.provider, latency=args.latency, progress=not args.no_progress)
             return EXIT_OK  # the demo's few failed rows are part of the show
         return _emulate(args)
     except errors.FrameBatchError as exc:
@@ -74,14 +82,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    from .testing import RespellEmulator, serve_forever
+    from .testing import ParallelEmulator, RespellEmulator, serve_forever
 
-    emulator = RespellEmulator(
-        latency=args.latency, jitter=args.jitter, failure_rate=args.failure_rate, api_keys=args.api_key
-    )
+    knobs = {"latency": args.latency, "jitter": args.jitter, "failure_rate": args.failure_rate}
+    emulator: RespellEmulator | ParallelEmulator
+    if args.vendor == "parallel":
+        emulator = ParallelEmulator(**knobs, api_keys=args.api_key, webhook_secrets=args.webhook_secret)
+    else:
+        emulator = RespellEmulator(**knobs, api_keys=args.api_key)
 
     def ready(handle: object) -> None:
-        print(f"respell emulator listening on {getattr(handle, 'url', handle)} (Ctrl-C to stop)", flush=True)
+        url = getattr(handle, "url", handle)
+        print(f"{args.vendor} emulator listening on {url} (Ctrl-C to stop)", flush=True)
 
     serve_forever(emulator.handler, host=args.host, port=args.port, on_ready=ready)
     return EXIT_OK

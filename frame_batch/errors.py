@@ -7,7 +7,9 @@ is sent::
     FrameBatchError
     ├── InputError                   bad arguments or a frame we cannot read; nothing was sent
     │   ├── ColumnError              missing, duplicate or non-string column names
-    │   └── ConfigError              unknown provider, missing API key, bad option value
+    │   ├── ConfigError              unknown provider, missing API key, bad option value
+    │   └── WebhookError             a webhook delivery failed verification (headers, time, signature)
+    │       └── WebhookReplayed      the webhook-id was already accepted: answer 2xx, do not redo
     ├── StoreError                   the cache directory is unusable (locked, corrupt, foreign)
     ├── ProviderError                the vendor answered with an error for the whole run
     │   ├── AuthenticationError      401 / 403: the key is missing, wrong or not allowed
@@ -41,6 +43,8 @@ __all__ = [
     "ServerError",
     "StoreError",
     "TransportError",
+    "WebhookError",
+    "WebhookReplayed",
 ]
 
 
@@ -69,6 +73,20 @@ class ColumnError(InputError, KeyError):
 
 class ConfigError(InputError):
     """An option, provider name or API key is missing or invalid."""
+
+
+class WebhookError(InputError):
+    """A webhook delivery failed verification; do not act on its body.
+
+    The message says which check failed and never holds the secret or the expected signature.
+    """
+
+
+class WebhookReplayed(WebhookError):
+    """The delivery is authentic, but its ``webhook-id`` was already accepted.
+
+    Delivery is at-least-once: answer 2xx so the sender stops retrying, and do not process it again.
+    """
 
 
 class StoreError(FrameBatchError):

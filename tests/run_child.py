@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 import frame_batch
-from frame_batch import Respell, RetryPolicy
+from frame_batch import RetryPolicy
 
 
 def main() -> None:
@@ -22,8 +22,10 @@ def main() -> None:
     df = pd.DataFrame({"topic": [f"topic {i}" for i in range(n)], "n": list(range(n))})
     result = frame_batch.run(
         df,
-        "clxdq2y1w008g2l7by88758uh",
-        provider=Respell(api_key="child-key", base_url=url),
+        options.pop("workflow", "clxdq2y1w008g2l7by88758uh"),
+        provider=options.pop("provider", "respell"),
+        api_key="child-key",
+        base_url=url,
         cache=cache,
         progress=False,
         retry=RetryPolicy.testing(),

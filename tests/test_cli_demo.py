@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -45,15 +47,34 @@ def test_help_texts_have_examples(capsys: pytest.CaptureFixture[str]) -> None:
         with pytest.raises(SystemExit) as info:
             main([*command, "--help"])
         assert info.value.code == 0
-        assert "example: frame-batch" in capsys.readouterr().out
+        assert "frame-batch " in capsys.readouterr().out.split("example")[1]
 
 
-@pytest.mark.e2e
-def test_emulate_serves_respell_on_a_loopback_port() -> None:
-    """`frame-batch emulate respell --port 0` answers bulkStart, and stops on SIGINT."""
+def test_parallel_demo_shows_typed_structured_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`demo --provider parallel`: integer, boolean and date columns plus citations; rerun is free."""
+    argv = ["demo", "--provider", "parallel", "--out", str(tmp_path), "--latency", "0.02", "--no-progress"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "priority=Int64" in first
+    assert "hiring=boolean" in first
+    frame = pd.read_parquet(tmp_path / "leads_enriched_parallel.parquet")
+    assert str(frame["priority"].dtype) == "Int64"
+    assert frame["next_review"].dtype.kind == "M"
+    ok = frame[frame["bulk_status"] == "succeeded"]
+    assert len(ok) >= 250
+    assert all(len(c) >= 1 for c in ok["basis.segment.citations"])
+    assert main(argv) == 0
+    assert "served entirely from the cache" in capsys.readouterr().out
+
+
+@contextmanager
+def emulating(vendor: str) -> Iterator[str]:
+    """`frame-batch emulate VENDOR --port 0` in a child; yields its URL, then stops it with SIGINT."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     child = subprocess.Popen(
-        [sys.executable, "-m", "frame_batch.cli", "emulate", "respell", "--port", "0", "--latency", "0"],
+        [sys.executable, "-m", "frame_batch.cli", "emulate", vendor, "--port", "0", "--latency", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -62,17 +83,36 @@ def test_emulate_serves_respell_on_a_loopback_port() -> None:
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
+        assert f"{vendor} emulator listening on" in line
         url = line.split("listening on ")[1].split()[0]
         assert url.startswith("http://127.0.0.1:")
-        response = httpx.post(
-            f"{url}/spells/bulkStart", json={"spellId": "s", "inputs": [{"a": 1}]}, headers={"x-api-key": "k"}
-        )
-        assert response.status_code == 200
-        assert "runId" in response.json()
+        yield url
     finally:
         child.send_signal(signal.SIGINT)
         child.wait(timeout=10)
     assert child.returncode == 0
+
+
+@pytest.mark.e2e
+def test_emulate_serves_respell_on_a_loopback_port() -> None:
+    """`frame-batch emulate respell --port 0` answers bulkStart, and stops on SIGINT."""
+    with emulating("respell") as url:
+        response = httpx.post(
+            f"{url}/spells/bulkStart", json={"spellId": "s", "inputs": [{"a": 1}]}, headers={"x-api-key": "k"}
+        )
+    assert response.status_code == 200
+    assert "runId" in response.json()
+
+
+@pytest.mark.e2e
+def test_emulate_serves_parallel_on_a_loopback_port() -> None:
+    """`frame-batch emulate parallel --port 0` answers the task-group API, and stops on SIGINT."""
+    with emulating("parallel") as url:
+        response = httpx.post(
+            f"{url}/v1/tasks/groups", json={"metadata": {"a": "b"}}, headers={"x-api-key": "k"}
+        )
+    assert response.status_code == 200
+    assert response.json()["taskgroup_id"].startswith("tgrp_")
 
 
 def test_public_api_is_explicit_and_sorted() -> None:

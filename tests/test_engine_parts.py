@@ -254,7 +254,7 @@ def test_bulk_id_is_read_from_any_documented_field(field: str) -> None:
     async def go() -> str:
         api = ApiClient(provider.http_config(), secrets=(KEY,), transport=httpx.MockTransport(answer))
         try:
-            return await provider.submit(api, SPELL, Batch("b", ("k",), (b'{"a":1}',)))
+            return await provider.submit(api, SPELL, Batch("b", ("k",), (b'{"a":1}',)), None)
         finally:
             await api.aclose()
 
@@ -277,7 +277,8 @@ def test_submit_body_is_valid_json_with_the_rows_spliced_in() -> None:
     async def go() -> None:
         api = ApiClient(provider.http_config(), secrets=(KEY,), transport=httpx.MockTransport(answer))
         try:
-            await provider.submit(api, 'we"ird', Batch("b", ("k1", "k2"), (b'{"a":1}', b'{"a":"\\u00e9"}')))
+            batch = Batch("b", ("k1", "k2"), (b'{"a":1}', b'{"a":"\\u00e9"}'))
+            await provider.submit(api, 'we"ird', batch, None)
         finally:
             await api.aclose()
 

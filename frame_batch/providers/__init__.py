@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
 from .base import Provider
+from .parallel import Parallel
 from .respell import Respell
 
-__all__ = ["PROVIDERS", "Provider", "Respell", "resolve_provider"]
+__all__ = ["PROVIDERS", "Parallel", "Provider", "Respell", "resolve_provider"]
 
-PROVIDERS: dict[str, Callable[..., Provider]] = {"respell": Respell}
+PROVIDERS: dict[str, Callable[..., Provider]] = {"parallel": Parallel, "respell": Respell}
 
 
 def resolve_provider(provider: str | Provider, **options: Any) -> Provider:
@@ -23,7 +25,7 @@ def resolve_provider(provider: str | Provider, **options: Any) -> Provider:
             raise ConfigError(
                 f"unknown provider {provider!r}; choose one of: {names}, or pass a Provider object"
             )
-        return factory(**{k: v for k, v in options.items() if v is not None})
+        return _build(provider.lower(), factory, {k: v for k, v in options.items() if v is not None})
     if isinstance(provider, Provider):
         given = [k for k, v in options.items() if v is not None]
         if given:
@@ -33,3 +35,19 @@ def resolve_provider(provider: str | Provider, **options: Any) -> Provider:
             )
         return provider
     raise ConfigError(f"provider must be a name or a Provider object, not {type(provider).__name__}")
+
+
+def _build(name: str, factory: Callable[..., Provider], options: dict[str, Any]) -> Provider:
+    """Call the factory; an option it does not take is a ConfigError naming the ones it does."""
+    accepted = [
+        p.name
+        for p in inspect.signature(factory).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"{', '.join(unknown)}: not an option of frame_batch.run or of the {name} provider; "
+            f"{name} takes: {', '.join(accepted)}"
+        )
+    return factory(**options)

@@ -11,12 +11,17 @@ from __future__ import annotations
 from typing import ClassVar, Protocol, runtime_checkable
 
 from .._http import ApiClient, HttpConfig
-from .._types import Batch, BatchPoll, BatchRef, ProviderLimits
+from .._types import Batch, BatchPoll, BatchRef, OutputShape, ProviderLimits, Reconciliation
 
 
 @runtime_checkable
 class Provider(Protocol):
-    """A vendor's bulk API, seen as: submit a batch, poll it, cancel it, find a lost one."""
+    """A vendor's bulk API, seen as: submit a batch, poll it, cancel it, find a lost one.
+
+    Submitting is two steps so that a lost answer can be found again: ``stage`` creates
+    whatever must exist before the paid request (Parallel: the task group) and its id is
+    journaled; only then does ``submit`` send the paid request.
+    """
 
     name: ClassVar[str]
     limits: ProviderLimits
@@ -33,7 +38,15 @@ class Provider(Protocol):
         """(provider, workflow id, workflow version): hashed into every row key."""
         ...
 
-    async def submit(self, api: ApiClient, workflow: str, batch: Batch) -> str:
+    def output_shape(self, workflow: str) -> OutputShape:
+        """Column types and hidden outputs for the join (empty when the vendor has no schema)."""
+        ...
+
+    async def stage(self, api: ApiClient, workflow: str, batch: Batch) -> str | None:
+        """Create what the paid request needs first (not paid); its id, or None."""
+        ...
+
+    async def submit(self, api: ApiClient, workflow: str, batch: Batch, staged: str | None) -> str:
         """Send one create request for ``batch``; return the remote id to poll."""
         ...
 
@@ -46,7 +59,7 @@ class Provider(Protocol):
         ...
 
     async def reconcile(
-        self, api: ApiClient, workflow: str, batch_id: str, keys: tuple[str, ...]
-    ) -> str | None:
-        """Find the remote batch a lost create may have made; None when the API cannot tell."""
+        self, api: ApiClient, workflow: str, batch_id: str, keys: tuple[str, ...], staged: str | None
+    ) -> Reconciliation:
+        """Find out whether a create whose answer was lost made anything (and adopt it)."""
         ...

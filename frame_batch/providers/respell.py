@@ -20,7 +20,16 @@ import orjson
 from .. import errors
 from .._http import ApiClient, HttpConfig, Secret, resolve_key
 from .._keys import row_key, scope_of
-from .._types import Batch, BatchPoll, BatchRef, ProviderLimits, RowResult
+from .._types import (
+    UNKNOWN,
+    Batch,
+    BatchPoll,
+    BatchRef,
+    OutputShape,
+    ProviderLimits,
+    Reconciliation,
+    RowResult,
+)
 
 DEFAULT_BASE_URL = "https://api-v2.respell.ai"
 ID_FIELDS = ("runId", "bulkRunId", "groupId", "id")
@@ -78,7 +87,13 @@ class Respell:
     def scope(self, workflow: str) -> tuple[str, str, str]:
         return (self.name, workflow, self.version)
 
-    async def submit(self, api: ApiClient, workflow: str, batch: Batch) -> str:
+    def output_shape(self, workflow: str) -> OutputShape:
+        return OutputShape()  # spells declare no output types: pandas infers them
+
+    async def stage(self, api: ApiClient, workflow: str, batch: Batch) -> str | None:
+        return None  # bulkStart needs nothing created first
+
+    async def submit(self, api: ApiClient, workflow: str, batch: Batch, staged: str | None) -> str:
         # Splice the rows' canonical JSON into the body: no decode and re-encode per row.
         body = b'{"spellId":' + orjson.dumps(workflow) + b',"inputs":[' + b",".join(batch.payloads) + b"]}"
         response = await api.create("POST", "/spells/bulkStart", content=body)
@@ -107,9 +122,9 @@ class Respell:
         await api.read("POST", "/spells/cancelBulk", json={"groupId": ref.remote_id})
 
     async def reconcile(
-        self, api: ApiClient, workflow: str, batch_id: str, keys: tuple[str, ...]
-    ) -> str | None:
-        return None  # no listing endpoint: a lost bulkStart answer cannot be found again
+        self, api: ApiClient, workflow: str, batch_id: str, keys: tuple[str, ...], staged: str | None
+    ) -> Reconciliation:
+        return UNKNOWN  # no listing endpoint: a lost bulkStart answer cannot be found again
 
 
 def _json(content: bytes) -> Any:

@@ -107,6 +107,11 @@ class Store:
         self.parts_written += 1
         self.journal.collected(batch_id)
 
+    def write_partial(self, scope: str, batch_id: str, part: int, results: list[RowResult]) -> None:
+        """Persist some rows of a batch that is still open (it stays ``submitted``)."""
+        self.parts.write(scope, f"{batch_id}.{part}", results)
+        self.parts_written += 1
+
     def done_keys(
         self, scope: str, *, retry_failed: bool = False, latest: pa.Table | None = None
     ) -> set[str]:

@@ -2,9 +2,10 @@
 
 Batch lifecycle (one row per batch)::
 
-    submitting ──> submitted(remote_id) ──> collected
+    submitting(staged id?) ──> submitted(remote_id) ──> collected
         │               └──> (cancel requested: stays submitted; the next poll collects)
-        ├──> rejected    the server answered the create with an error: nothing was started
+        ├──> rejected    the server answered the create with an error, or a lost create was
+        │                reconciled as never made: nothing was started
         └──> ambiguous   the create may have reached the server but its answer was lost and
                          could not be reconciled; its rows are recorded in ``possible_duplicates``
 
@@ -108,6 +109,10 @@ class Journal:
             " n_rows, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'submitting', ?, ?, ?, ?)",
             (batch_id, scope, provider, workflow, fingerprint, orjson.dumps(keys), len(keys), now, now),
         )
+
+    def staged(self, batch_id: str, staged_id: str) -> None:
+        """Remember what was created before the paid request (state stays ``submitting``)."""
+        self._set(batch_id, "submitting", remote_id=staged_id)
 
     def submitted(self, batch_id: str, remote_id: str) -> None:
         self._set(batch_id, "submitted", remote_id=remote_id)

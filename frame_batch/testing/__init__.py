@@ -27,11 +27,13 @@ from __future__ import annotations
 
 from frame_batch.testing._faults import Faults
 from frame_batch.testing._server import DropConnection, ServerHandle, serve, serve_forever
+from frame_batch.testing.parallel import ParallelEmulator
 from frame_batch.testing.respell import RespellEmulator
 
 __all__ = [
     "DropConnection",
     "Faults",
+    "ParallelEmulator",
     "RespellEmulator",
     "ServerHandle",
     "serve",

@@ -11,7 +11,9 @@ Rules kept here:
 - Keep-alive works (``Content-Length`` on every fixed body); a streaming body is sent
   chunked and flushed chunk by chunk, so server-sent events arrive as they are produced.
 - A handler raising :class:`DropConnection` closes the socket without a byte of answer;
-  any other exception becomes a JSON 500 and the server keeps serving.
+  any other exception becomes a JSON 500 and the server keeps serving. A streamed body
+  raising :class:`DropConnection` while it is sent cuts the connection mid-body (the
+  client sees an incomplete chunked body), e.g. to test resuming an SSE stream.
 - Leaving :func:`serve` stops the accept loop *and* closes idle keep-alive connections,
   so it never waits on a client that holds a connection open.
 """
@@ -265,6 +267,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     self.wfile.flush()  # each SSE frame must leave now, not at the end
             self.wfile.write(b"0\r\n\r\n")
+        except DropConnection:
+            self._drop()  # a scripted cut mid-body: no final chunk, no traceback
         except BaseException:
             self.close_connection = True  # the body is cut short: the framing is broken
             raise

@@ -24,27 +24,22 @@ from __future__ import annotations
 import hashlib
 import random
 import secrets
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Collection, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal
 
 import httpx
 import orjson
 
+from frame_batch.testing._books import Books
 from frame_batch.testing._faults import (
-    FaultInjector,
-    FaultKind,
-    FaultOp,
     Faults,
     RequestOp,
     fault_response,
     in_process,
 )
-from frame_batch.testing._server import DropConnection, ServerHandle, serve
+from frame_batch.testing._server import DropConnection
 
 __all__ = ["RespellEmulator", "Spell", "default_spell"]
 
@@ -113,7 +108,7 @@ class _Run:
         return run
 
 
-class RespellEmulator:
+class RespellEmulator(Books):
     """A fake Respell: in-process via :meth:`transport`, over a socket via :meth:`serve`.
 
     Accounting (:meth:`charges`, :meth:`duplicates`, :meth:`requests`,
@@ -151,13 +146,9 @@ class RespellEmulator:
         self._api_keys = None if api_keys is None else frozenset(api_keys)
         self._spells = None if spells is None else dict(spells)
         self._clock = clock
-        self._faults = FaultInjector(faults)
         self._rng = random.Random(seed)
-        self._lock = threading.Lock()
+        self._init_books(faults)
         self._groups: dict[str, list[_Run]] = {}
-        self._charges: Counter[str] = Counter()
-        self._requests: Counter[str] = Counter()
-        self._create_requests = 0
 
     def __repr__(self) -> str:
         keys = "any" if self._api_keys is None else f"<{len(self._api_keys)} keys>"
@@ -169,45 +160,9 @@ class RespellEmulator:
 
     # -- public surface ------------------------------------------------------------------
 
-    def inject(self, kind: FaultKind, *, op: FaultOp = "any", count: int = 1) -> None:
-        """Queue ``count`` faults of ``kind`` ("429", "500", "503", "drop", "drop_before")
-        for the next requests of ``op`` ("create", "read", "cancel", "any")."""
-        self._faults.inject(kind, op=op, count=count)
-
-    def clear_faults(self) -> None:
-        """Forget queued faults and switch random faults off (e.g. to end a simulated outage)."""
-        self._faults.clear()
-
     def transport(self) -> httpx.MockTransport:
         """An in-process transport for ``httpx.Client`` and ``httpx.AsyncClient`` alike."""
         return httpx.MockTransport(in_process(self.handler))
-
-    def serve(
-        self, *, host: str = "127.0.0.1", port: int = 0, allow_non_loopback: bool = False
-    ) -> AbstractContextManager[ServerHandle]:
-        """Serve this emulator over a real loopback socket for the ``with`` block."""
-        return serve(self.handler, host=host, port=port, allow_non_loopback=allow_non_loopback)
-
-    def charges(self) -> Counter[str]:
-        """How many times each distinct input was charged (key: its canonical JSON)."""
-        with self._lock:
-            return Counter(self._charges)
-
-    def duplicates(self) -> dict[str, int]:
-        """The inputs charged more than once, with their charge counts."""
-        with self._lock:
-            return {key: n for key, n in self._charges.items() if n > 1}
-
-    @property
-    def create_requests(self) -> int:
-        """How many bulkStart requests were accepted (each one is a paid batch)."""
-        with self._lock:
-            return self._create_requests
-
-    def requests(self) -> Counter[str]:
-        """Requests seen per route (faulted ones included), plus ``fault:<kind>`` per fault."""
-        with self._lock:
-            return Counter(self._requests)
 
     # -- request handling ----------------------------------------------------------------
 

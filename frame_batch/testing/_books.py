@@ -1,0 +1,72 @@
+"""What every emulator shares: its books (charges, requests) and its fault controls.
+
+A mixin: an emulator calls ``_init_books(faults)`` in its ``__init__`` and provides
+``handler(request)``; it then has the same public accounting surface as every other one,
+so tests and benchmarks read any vendor's emulator the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from contextlib import AbstractContextManager
+
+import httpx
+
+from frame_batch.testing._faults import FaultInjector, FaultKind, FaultOp, Faults
+from frame_batch.testing._server import ServerHandle, serve
+
+
+class Books:
+    _lock: threading.Lock
+    _faults: FaultInjector
+    _charges: Counter[str]
+    _requests: Counter[str]
+    _create_requests: int
+
+    def _init_books(self, faults: Faults) -> None:
+        self._lock = threading.Lock()  # one lock guards all of an emulator's state
+        self._faults = FaultInjector(faults)
+        self._charges = Counter()
+        self._requests = Counter()
+        self._create_requests = 0
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        raise NotImplementedError
+
+    def inject(self, kind: FaultKind, *, op: FaultOp = "any", count: int = 1) -> None:
+        """Queue ``count`` faults of ``kind`` ("429", "500", "503", "drop", "drop_before")
+        for the next requests of ``op`` ("create" = requests that start paid work,
+        "read", "cancel", "any")."""
+        self._faults.inject(kind, op=op, count=count)
+
+    def clear_faults(self) -> None:
+        """Forget queued faults and switch random faults off (e.g. to end a simulated outage)."""
+        self._faults.clear()
+
+    def serve(
+        self, *, host: str = "127.0.0.1", port: int = 0, allow_non_loopback: bool = False
+    ) -> AbstractContextManager[ServerHandle]:
+        """Serve this emulator over a real loopback socket for the ``with`` block."""
+        return serve(self.handler, host=host, port=port, allow_non_loopback=allow_non_loopback)
+
+    def charges(self) -> Counter[str]:
+        """How many times each distinct input was charged (key: its canonical JSON)."""
+        with self._lock:
+            return Counter(self._charges)
+
+    def duplicates(self) -> dict[str, int]:
+        """The inputs charged more than once, with their charge counts."""
+        with self._lock:
+            return {key: n for key, n in self._charges.items() if n > 1}
+
+    @property
+    def create_requests(self) -> int:
+        """How many create requests were accepted (each one is a paid batch)."""
+        with self._lock:
+            return self._create_requests
+
+    def requests(self) -> Counter[str]:
+        """Requests seen per route (faulted ones included), plus ``fault:<kind>`` per fault."""
+        with self._lock:
+            return Counter(self._requests)
