@@ -150,7 +150,17 @@ def test_basis_columns_on_request(tmp_path: Path) -> None:
     emu = ParallelEmulator(task=facts)
     plain = run(companies(2), emu, tmp_path).frame
     assert not [c for c in plain.columns if c.startswith("basis.")]
-    out = run(companies(2), emu, tmp_path, basis=True).frame  # from the cache: same stored answer
+    # The accessor form; served from the cache: the basis was stored with the first answer.
+    out = companies(2).bulk.run(
+        TASK,
+        provider="parallel",
+        api_key=KEY,
+        output_schema=SCHEMA,
+        basis=True,
+        cache=tmp_path / "cache",
+        transport=emu.transport(),
+        progress=False,
+    )
     for field in ("summary", "employees"):
         assert isinstance(out.loc[0, f"basis.{field}.reasoning"], str)
         assert out.loc[0, f"basis.{field}.confidence"] in ("low", "medium", "high")
