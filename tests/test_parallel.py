@@ -469,3 +469,37 @@ def test_sigkill_mid_run_then_rerun_pays_no_row_twice(tmp_path: Path) -> None:
     assert sum(emu.charges().values()) == rows
     assert json.loads(stdout)["possibly_duplicated"] == []
     assert emu.create_requests == rows // 5  # a create in flight at the kill was adopted, not resent
+
+
+def test_a_lagging_is_active_flag_is_caught_by_the_status_counts(tmp_path: Path) -> None:
+    """If is_active stays true after every run ended, the counts still end the wait."""
+    emu = ParallelEmulator(task=facts)
+
+    def lagging(request: httpx.Request) -> httpx.Response:
+        response = emu.handler(request)
+        if request.method == "GET" and request.url.path.count("/") == 4:  # /v1/tasks/groups/{id}
+            body = response.json()
+            body["status"]["is_active"] = True
+            return httpx.Response(200, json=body)
+        return response
+
+    result = run(companies(4), emu, tmp_path, transport=httpx.MockTransport(lagging), timeout=5)
+    assert not result.summary.notes
+    check_facts(result.frame)
+
+
+def test_results_are_joined_by_row_tag_not_stream_order(tmp_path: Path) -> None:
+    """A runs stream in reverse order still puts every answer on its own row."""
+    emu = ParallelEmulator(task=facts)
+
+    def reversed_stream(request: httpx.Request) -> httpx.Response:
+        response = emu.handler(request)
+        if request.method == "GET" and request.url.path.endswith("/runs"):
+            frames = [f for f in response.read().split(b"\n\n") if f.strip()]
+            body = b"".join(f + b"\n\n" for f in reversed(frames))
+            return httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+        return response
+
+    out = run(companies(7), emu, tmp_path, transport=httpx.MockTransport(reversed_stream)).frame
+    check_facts(out)
+    assert (out["bulk_status"] == "succeeded").sum() == 6

@@ -217,8 +217,7 @@ class Parallel:
         if self.api == "batch":
             return await self._poll_legacy(api, workflow, ref)
         response = await api.read("GET", f"{self.groups_path}/{ref.remote_id}")
-        status = _loads(response.content).get("status") or {}
-        if not isinstance(status, dict) or status.get("is_active") is not False:
+        if not _settled(_loads(response.content).get("status"), len(ref.keys)):
             return BatchPoll(done=False)
         runs = await self._runs(api, ref.remote_id, include_output=True)
         return self._read_group(runs, ref)
@@ -416,6 +415,24 @@ def _field(content: bytes, name: str, doing: str) -> str:
             f"parallel answered {doing} without {name!r}: {content[:300]!r}", provider="parallel"
         )
     return value
+
+
+def _settled(status: object, sent: int) -> bool:
+    """Worth reading the runs: the group is inactive, or its counts say every run ended.
+
+    ``is_active`` is the documented signal; the counts are the check Parallel's own tooling
+    adds (completed + failed covering every run), in case the flag lags behind.
+    """
+    if not isinstance(status, dict):
+        return False
+    if status.get("is_active") is False:
+        return True
+    counts = status.get("task_run_status_counts")
+    total = status.get("num_task_runs")
+    if not isinstance(counts, dict) or not isinstance(total, int) or total < sent:
+        return False
+    ended = sum(n for state, n in counts.items() if state not in ACTIVE and isinstance(n, int))
+    return ended >= total
 
 
 def _event_id(event: Any) -> str | None:
