@@ -29,6 +29,7 @@ from frame_batch.testing._faults import Faults
 from frame_batch.testing._server import DropConnection, ServerHandle, serve, serve_forever
 from frame_batch.testing.parallel import ParallelEmulator
 from frame_batch.testing.respell import RespellEmulator
+from frame_batch.testing.vectorshift import VectorShiftEmulator
 
 __all__ = [
     "DropConnection",
@@ -36,6 +37,7 @@ __all__ = [
     "ParallelEmulator",
     "RespellEmulator",
     "ServerHandle",
+    "VectorShiftEmulator",
     "serve",
     "serve_forever",
 ]

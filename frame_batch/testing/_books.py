@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Literal
 
 import httpx
 
-from frame_batch.testing._faults import FaultInjector, FaultKind, FaultOp, Faults
-from frame_batch.testing._server import ServerHandle, serve
+from frame_batch.testing._faults import FaultInjector, FaultKind, FaultOp, Faults, RequestOp, fault_response
+from frame_batch.testing._server import DropConnection, ServerHandle, serve
 
 
 class Books:
@@ -33,6 +35,31 @@ class Books:
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         raise NotImplementedError
+
+    def _with_faults(self, name: str, op: RequestOp, process: Callable[[], httpx.Response]) -> httpx.Response:
+        """Count the request, then apply the next fault for ``op``, or ``process`` it.
+
+        429 / 5xx / ``drop_before``: never processed. ``drop`` on a create or cancel: the
+        work is done (and charged), then the answer is lost; on a read it is dropped first.
+        """
+        fault = self._faults.pick(op)
+        with self._lock:
+            self._requests[name] += 1
+            if fault is not None:
+                self._requests[f"fault:{fault}"] += 1
+        drop_after = fault == "drop" and op != "read"
+        if fault in ("429", "500", "503"):
+            return self._fault_response(fault)
+        if fault == "drop_before" or (fault == "drop" and not drop_after):
+            raise DropConnection(before_request=fault == "drop_before")
+        response = process()
+        if drop_after:
+            raise DropConnection()
+        return response
+
+    def _fault_response(self, kind: Literal["429", "500", "503"]) -> httpx.Response:
+        """The answer to a refused request; emulators override it with their vendor's shape."""
+        return fault_response(kind, self._faults.faults.retry_after)
 
     def inject(self, kind: FaultKind, *, op: FaultOp = "any", count: int = 1) -> None:
         """Queue ``count`` faults of ``kind`` ("429", "500", "503", "drop", "drop_before")

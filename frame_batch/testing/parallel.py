@@ -471,20 +471,9 @@ class ParallelEmulator(Books):
         if isinstance(found, httpx.Response):
             return found
         route, params = found
-        fault = self._faults.pick(route.op)
-        with self._lock:
-            self._requests[route.name] += 1
-            if fault is not None:
-                self._requests[f"fault:{fault}"] += 1
-        drop_after = fault == "drop" and route.op != "read"  # the work happens, the answer is lost
-        if fault in ("429", "500", "503"):
-            return self._fault_response(fault)
-        if fault == "drop_before" or (fault == "drop" and not drop_after):
-            raise DropConnection(before_request=fault == "drop_before")
-        response = self._process(route, _Call(request, params, in_process))
-        if drop_after:
-            raise DropConnection()
-        return response
+        return self._with_faults(
+            route.name, route.op, lambda: self._process(route, _Call(request, params, in_process))
+        )
 
     def _process(self, route: _Route, call: _Call) -> httpx.Response:
         try:

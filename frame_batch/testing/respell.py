@@ -36,10 +36,8 @@ from frame_batch.testing._books import Books
 from frame_batch.testing._faults import (
     Faults,
     RequestOp,
-    fault_response,
     in_process,
 )
-from frame_batch.testing._server import DropConnection
 
 __all__ = ["RespellEmulator", "Spell", "default_spell"]
 
@@ -173,20 +171,7 @@ class RespellEmulator(Books):
             return _json(404, {"error": f"Not found: {request.url.path}"})
         if request.method != "POST":
             return _json(405, {"error": f"Method {request.method} not allowed"}, allow="POST")
-        fault = self._faults.pick(route.op)
-        with self._lock:
-            self._requests[route.name] += 1
-            if fault is not None:
-                self._requests[f"fault:{fault}"] += 1
-        drop_after = fault == "drop" and route.op != "read"  # the work happens, the answer is lost
-        if fault in ("429", "500", "503"):
-            return fault_response(fault, self._faults.faults.retry_after)
-        if fault == "drop_before" or (fault == "drop" and not drop_after):
-            raise DropConnection(before_request=fault == "drop_before")
-        response = self._process(route, request)
-        if drop_after:
-            raise DropConnection()
-        return response
+        return self._with_faults(route.name, route.op, lambda: self._process(route, request))
 
     def _process(self, route: _Route, request: httpx.Request) -> httpx.Response:
         try:
