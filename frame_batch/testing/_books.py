@@ -7,8 +7,9 @@ so tests and benchmarks read any vendor's emulator the same way.
 
 from __future__ import annotations
 
+import math
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Literal
@@ -18,6 +19,8 @@ import httpx
 from frame_batch.testing._faults import FaultInjector, FaultKind, FaultOp, Faults, RequestOp, fault_response
 from frame_batch.testing._server import DropConnection, ServerHandle, serve
 
+_RATE_WINDOW = 60.0  # seconds: vendors quote their limits per minute
+
 
 class Books:
     _lock: threading.Lock
@@ -25,6 +28,8 @@ class Books:
     _charges: Counter[str]
     _requests: Counter[str]
     _create_requests: int
+    _clock: Callable[[], float]
+    _windows: dict[str, deque[float]]
 
     def _init_books(self, faults: Faults) -> None:
         self._lock = threading.Lock()  # one lock guards all of an emulator's state
@@ -32,6 +37,7 @@ class Books:
         self._charges = Counter()
         self._requests = Counter()
         self._create_requests = 0
+        self._windows = {}
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         raise NotImplementedError
@@ -56,6 +62,22 @@ class Books:
         if drop_after:
             raise DropConnection()
         return response
+
+    def _over_rate(self, key: str, limit: int | None) -> int | None:
+        """A per-key sliding-window limit on the clock: whole seconds to wait when ``key`` is
+        over ``limit`` requests in the last minute (the request is refused, not counted),
+        else None (the request is counted)."""
+        if limit is None:
+            return None
+        with self._lock:
+            now = self._clock()
+            window = self._windows.setdefault(key, deque())
+            while window and window[0] <= now - _RATE_WINDOW:
+                window.popleft()
+            if len(window) >= limit:
+                return max(1, math.ceil(window[0] + _RATE_WINDOW - now))
+            window.append(now)
+            return None
 
     def _fault_response(self, kind: Literal["429", "500", "503"]) -> httpx.Response:
         """The answer to a refused request; emulators override it with their vendor's shape."""

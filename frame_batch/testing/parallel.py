@@ -130,7 +130,6 @@ _MAX_RUNS = 1000
 _MAX_SPEC_AND_INPUT = 25_000
 _MAX_METADATA_KEY = 16
 _MAX_METADATA_VALUE = 512
-_RATE_WINDOW = 60.0
 _QUEUED_SHARE = 0.25  # a run waits in the queue for this share of its duration
 _MIN_SPREAD = 1.0  # out_of_order spreads finishes over >= this many seconds, even at latency 0
 _WEBHOOK_TIMEOUT = 2.0
@@ -400,7 +399,6 @@ class ParallelEmulator(Books):
         self._legacy_runs: dict[str, _Run] = {}
         self._pending: list[tuple[float, int, _Run]] = []  # heap of unsettled runs by finish time
         self._order = itertools.count()
-        self._windows: dict[str, deque[float]] = {}
         self._stream_cuts: deque[int] = deque()
         self._cost = 0.0
         self._routes: dict[str, Callable[[_Call], httpx.Response]] = {
@@ -508,17 +506,10 @@ class ParallelEmulator(Books):
 
     def _admit(self, key: str) -> None:
         """The per-key sliding-window rate limit of creating POSTs."""
-        with self._lock:
-            now = self._clock()
-            window = self._windows.setdefault(key, deque())
-            while window and window[0] <= now - _RATE_WINDOW:
-                window.popleft()
-            limit = self.rate_limit_per_minute
-            if limit is not None and len(window) >= limit:
-                wait = max(1, math.ceil(window[0] + _RATE_WINDOW - now))
-                message = "Too many requests: quota temporarily exceeded"
-                raise _ApiError(429, message, headers={"retry-after": str(wait)})
-            window.append(now)
+        wait = self._over_rate(key, self.rate_limit_per_minute)
+        if wait is not None:
+            message = "Too many requests: quota temporarily exceeded"
+            raise _ApiError(429, message, headers={"retry-after": str(wait)})
 
     # -- task groups -----------------------------------------------------------------------
 

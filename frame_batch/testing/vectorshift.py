@@ -51,7 +51,6 @@ import random
 import re
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -79,7 +78,6 @@ StatusNames = Literal["sdk", "guide"]
 
 _PREFIX = "/v1"
 _MAX_DEPTH = 32  # deeper DataType nesting is refused rather than recursed into
-_RATE_WINDOW = 60.0
 _EMULATED_FAILURE = "Pipeline run failed (emulated failure_rate)"
 _FILE_KEYS = frozenset({"type", "raw_bytes", "metadata"})
 _METADATA_KEYS = ("name", "path", "mime_type")
@@ -366,7 +364,6 @@ class VectorShiftEmulator(Books):
         self._rng = random.Random(seed)
         self._init_books(faults)
         self._tasks: dict[str, _Task] = {}
-        self._windows: dict[str, deque[float]] = {}
         self._actions: dict[str, Callable[[_Call], httpx.Response]] = {
             "run": self._run,
             "bulk_run": self._bulk_run,
@@ -454,18 +451,9 @@ class VectorShiftEmulator(Books):
 
     def _admit(self, key: str) -> None:
         """The per-key sliding-window rate limit of run-starting POSTs."""
-        limit = self.rate_limit_per_minute
-        if limit is None:
-            return
-        with self._lock:
-            now = self._clock()
-            window = self._windows.setdefault(key, deque())
-            while window and window[0] <= now - _RATE_WINDOW:
-                window.popleft()
-            if len(window) >= limit:
-                wait = max(1, math.ceil(window[0] + _RATE_WINDOW - now))
-                raise _ApiError(429, "Rate limit exceeded", {"retry-after": str(wait)})
-            window.append(now)
+        wait = self._over_rate(key, self.rate_limit_per_minute)
+        if wait is not None:
+            raise _ApiError(429, "Rate limit exceeded", {"retry-after": str(wait)})
 
     # -- routes ----------------------------------------------------------------------------
 
