@@ -16,7 +16,7 @@ from ._http import Secret
 from ._retry import RetryPolicy
 from ._run import DEFAULT_CACHE, PlanReport, RunResult, plan, run
 from ._types import Progress, ProviderLimits, RunSummary
-from .providers import Parallel, Provider, Respell
+from .providers import Parallel, Provider, Respell, VectorShift
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -30,6 +30,7 @@ __all__ = [
     "RunResult",
     "RunSummary",
     "Secret",
+    "VectorShift",
     "errors",
     "plan",
     "run",

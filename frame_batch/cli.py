@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         "(then: Respell(base_url='http://127.0.0.1:8787', api_key='any'));   "
         "frame-batch emulate parallel --port 8788 --webhook-secret s3cret",
     )
-    emulate.add_argument("vendor", choices=["respell", "parallel"])
+    emulate.add_argument("vendor", choices=["respell", "parallel", "vectorshift"])
     emulate.add_argument("--host", default="127.0.0.1", help="loopback address (default: %(default)s)")
     emulate.add_argument(
         "--port", type=int, default=8787, help="port, 0 = any free port (default: %(default)s)"
@@ -82,12 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _emulate(args: argparse.Namespace) -> int:
-    from .testing import ParallelEmulator, RespellEmulator, serve_forever
+    from .testing import ParallelEmulator, RespellEmulator, VectorShiftEmulator, serve_forever
 
     knobs = {"latency": args.latency, "jitter": args.jitter, "failure_rate": args.failure_rate}
-    emulator: RespellEmulator | ParallelEmulator
+    emulator: RespellEmulator | ParallelEmulator | VectorShiftEmulator
     if args.vendor == "parallel":
         emulator = ParallelEmulator(**knobs, api_keys=args.api_key, webhook_secrets=args.webhook_secret)
+    elif args.vendor == "vectorshift":
+        emulator = VectorShiftEmulator(**knobs, api_keys=args.api_key)  # base URL: <url>/v1
     else:
         emulator = RespellEmulator(**knobs, api_keys=args.api_key)
 

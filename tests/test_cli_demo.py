@@ -115,6 +115,18 @@ def test_emulate_serves_parallel_on_a_loopback_port() -> None:
     assert response.json()["taskgroup_id"].startswith("tgrp_")
 
 
+@pytest.mark.e2e
+def test_emulate_serves_vectorshift_on_a_loopback_port() -> None:
+    """`frame-batch emulate vectorshift --port 0` answers bulk-run under /v1."""
+    with emulating("vectorshift") as url:
+        body = {"runs": [{"inputs": {"q": "hi"}}]}
+        response = httpx.post(
+            f"{url}/v1/pipeline/p1/bulk-run", json=body, headers={"authorization": "Bearer k"}
+        )
+    assert response.status_code == 200
+    assert response.json()["status"] == "success"
+
+
 def test_public_api_is_explicit_and_sorted() -> None:
     """__all__ is sorted, every name in it exists, and the accessor is registered on import."""
     assert frame_batch.__all__ == sorted(frame_batch.__all__)

@@ -116,7 +116,7 @@ def test_duplicate_column_names_fail_up_front(run_with: Runner) -> None:
 def test_bad_options_are_config_errors(run_with: Runner) -> None:
     """Unknown provider, zero batch size, bad policy: ConfigError with the valid choices."""
     emu = RespellEmulator()
-    with pytest.raises(frame_batch.errors.ConfigError, match="choose one of: parallel, respell"):
+    with pytest.raises(frame_batch.errors.ConfigError, match="choose one of: parallel, respell, vectorshift"):
         frame_batch.run(topics(1), SPELL, provider="respel", api_key=KEY)
     with pytest.raises(frame_batch.errors.ConfigError, match="batch_size"):
         run_with(topics(1), emu, batch_size=0)

@@ -10,10 +10,15 @@ from ..errors import ConfigError
 from .base import Provider
 from .parallel import Parallel
 from .respell import Respell
+from .vectorshift import VectorShift
 
-__all__ = ["PROVIDERS", "Parallel", "Provider", "Respell", "resolve_provider"]
+__all__ = ["PROVIDERS", "Parallel", "Provider", "Respell", "VectorShift", "resolve_provider"]
 
-PROVIDERS: dict[str, Callable[..., Provider]] = {"parallel": Parallel, "respell": Respell}
+PROVIDERS: dict[str, Callable[..., Provider]] = {
+    "parallel": Parallel,
+    "respell": Respell,
+    "vectorshift": VectorShift,
+}
 
 
 def resolve_provider(provider: str | Provider, **options: Any) -> Provider:

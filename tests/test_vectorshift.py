@@ -1,0 +1,202 @@
+"""VectorShift end to end: synchronous bulk_run calls against the VectorShift emulator."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+
+import frame_batch
+from frame_batch import RetryPolicy
+from frame_batch.errors import AuthenticationError, RequestRejected
+from frame_batch.testing import VectorShiftEmulator
+
+KEY = "vectorshift-test-key"
+PIPE = "64b2f0c1e4b0a1b2c3d4e5f6"
+CHILD = Path(__file__).with_name("run_child.py")
+
+
+def pipeline(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The emulated pipeline: outputs that follow from the inputs; row 3 fails."""
+    n = int(inputs["n"])
+    if n == 3:
+        raise RuntimeError("LLM node failed: context window exceeded")
+    meta = inputs.get("meta")
+    city = meta["items"]["city"] if isinstance(meta, dict) and meta.get("type") == "map" else None
+    return {
+        "answer": f"{inputs.get('topic')} done",
+        "double": float(n) * 2,
+        "place": {"type": "map", "items": {"city": city, "n": float(n)}},
+    }
+
+
+def frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "topic": [f"topic {i}" for i in range(n)],
+            "n": list(range(n)),
+            "meta": [{"city": f"City {i}"} for i in range(n)],
+            "conv": [f"conv-{i % 2}" for i in range(n)],
+        }
+    )
+
+
+def run(df: pd.DataFrame, emu: VectorShiftEmulator, tmp_path: Path, **options: Any) -> frame_batch.RunResult:
+    options.setdefault("cache", tmp_path / "cache")
+    if "base_url" not in options:
+        options.setdefault("transport", emu.transport())
+    return frame_batch.run(
+        df,
+        PIPE,
+        provider="vectorshift",
+        api_key=KEY,
+        progress=False,
+        retry=RetryPolicy.testing(),
+        **options,
+    )
+
+
+def check(out: pd.DataFrame) -> None:
+    """Every succeeded row has its own outputs (maps flattened into columns)."""
+    ok = out[out["bulk_status"] == "succeeded"]
+    assert (ok["answer"] == ok["topic"] + " done").all()
+    assert (ok["double"] == ok["n"] * 2).all()
+    assert (ok["place.city"] == "City " + ok["n"].astype(str)).all()
+
+
+@pytest.mark.e2e
+def test_bulk_run_over_a_socket_with_a_dict_column_and_a_failing_row(tmp_path: Path) -> None:
+    """Dict cells go as maps, outputs come back as columns, the failing row says why."""
+    emu = VectorShiftEmulator(pipelines={PIPE: pipeline}, api_keys=[KEY])
+    df = frame(12)
+    with emu.serve() as server:
+        result = run(df, emu, tmp_path, base_url=server.url + "/v1", batch_size=5)
+    out = result.frame
+    check(out)
+    assert out["bulk_status"].value_counts().to_dict() == {"succeeded": 11, "failed": 1}
+    assert "context window exceeded" in out.loc[3, "bulk_error"]
+    assert emu.duplicates() == {}
+    assert emu.create_requests == 3
+    assert emu.requests()["bulk-run"] == 3  # the SDK's spelling by default
+
+
+def test_conversation_id_comes_from_a_column_and_the_docs_path_is_selectable(tmp_path: Path) -> None:
+    """conversation_id= names the input sent as each run's conversation_id; bulk_path switches."""
+    emu = VectorShiftEmulator(pipelines={PIPE: pipeline})
+    bodies: list[dict[str, Any]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return emu.handler(request)
+
+    out = run(
+        frame(4),
+        emu,
+        tmp_path,
+        conversation_id="conv",
+        bulk_path="bulk_run",
+        transport=httpx.MockTransport(record),
+    ).frame
+    check(out)
+    runs = bodies[0]["runs"]
+    assert [r["conversation_id"] for r in runs] == ["conv-0", "conv-1", "conv-0", "conv-1"]
+    assert "conv" not in runs[0]["inputs"]
+    assert runs[0]["inputs"]["meta"] == {"type": "map", "items": {"city": "City 0"}}
+    assert emu.requests()["bulk_run"] == 1
+
+
+def test_a_connection_dropped_mid_call_reports_the_rows_as_possibly_paid_twice(tmp_path: Path) -> None:
+    """The emulator runs a bulk call's rows and drops the answer: those rows are flagged."""
+    emu = VectorShiftEmulator(pipelines={PIPE: pipeline})
+    emu.inject("drop", op="create")
+    df = frame(10)
+    result = run(df, emu, tmp_path, batch_size=5, max_in_flight=1)
+    check(result.frame)
+    assert (result.frame["bulk_status"] != "pending").all()
+    flagged = set(result.possibly_duplicated)
+    assert len(flagged) == 5
+    twice = {k for k, n in emu.charges().items() if n > 1}
+    assert len(twice) == 5  # exactly the flagged rows were paid twice
+    assert result.summary.possibly_duplicated == 5
+
+
+def test_a_200_with_status_failed_and_no_outputs_fails_the_rows(tmp_path: Path) -> None:
+    """A whole-batch failure answer fails each row with the vendor's message."""
+
+    def failed(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "failed", "error": "pipeline is paused"})
+
+    out = run(frame(3), VectorShiftEmulator(), tmp_path, transport=httpx.MockTransport(failed)).frame
+    assert (out["bulk_status"] == "failed").all()
+    assert out["bulk_error"].str.contains("pipeline is paused").all()
+
+
+def test_bad_key_and_unknown_pipeline_are_clear_errors(tmp_path: Path) -> None:
+    """401 is an AuthenticationError naming the env var; 404 a clear not-found."""
+    emu = VectorShiftEmulator(pipelines={PIPE: pipeline}, api_keys=["another-key"])
+    with pytest.raises(AuthenticationError, match="VECTORSHIFT_API_KEY") as info:
+        run(frame(2), emu, tmp_path)
+    assert KEY not in str(info.value)
+    with pytest.raises(frame_batch.errors.NotFoundError, match="Pipeline not found"):
+        run(frame(2), VectorShiftEmulator(pipelines={}), tmp_path)
+
+
+def test_a_400_is_a_request_rejected_with_the_vendor_message(tmp_path: Path) -> None:
+    """A refused bulk call (a 400 {status: failed, error}) raises with that error text."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"status": "failed", "error": "input 'topic' is not defined"})
+
+    with pytest.raises(RequestRejected, match="input 'topic' is not defined"):
+        run(frame(2), VectorShiftEmulator(), tmp_path, transport=httpx.MockTransport(refuse))
+
+
+def test_resume_sends_nothing(tmp_path: Path) -> None:
+    """A finished run, run again, makes zero bulk calls."""
+    emu = VectorShiftEmulator(pipelines={PIPE: pipeline})
+    run(frame(6), emu, tmp_path)
+    again = run(frame(6), emu, tmp_path)
+    assert again.summary.create_requests == 0
+    assert emu.create_requests == 1
+
+
+@pytest.mark.e2e
+def test_sigkill_mid_run_then_rerun_pays_each_input_once_except_the_flagged(tmp_path: Path) -> None:
+    """Killed during a synchronous bulk call; the rerun finishes and flags what it resent."""
+    emu = VectorShiftEmulator(latency=0.05, pipelines={PIPE: pipeline})
+    rows, cache = 40, tmp_path / "cache"
+    options = {"provider": "vectorshift", "workflow": PIPE, "batch_size": 4, "max_in_flight": 2}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with emu.serve() as server:
+        url = server.url + "/v1"
+        args = [sys.executable, str(CHILD), url, str(cache), str(rows), json.dumps(options)]
+        child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while emu.requests()["bulk-run"] < 3:
+            assert child.poll() is None, child.stderr.read().decode() if child.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        rerun = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout, stderr = rerun.communicate(timeout=60)
+        assert rerun.returncode == 0, stderr.decode()
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    flagged = set(json.loads(stdout)["possibly_duplicated"])
+    assert out["bulk_status"].value_counts().to_dict() == {"succeeded": rows - 1, "failed": 1}
+    charges = emu.charges()
+    assert len(charges) == rows  # every input ran
+    paid_twice = {key for key, n in charges.items() if n > 1}
+    assert paid_twice  # the call cut by the kill ran on the server, and was sent again
+    reported = {json.dumps({"n": i, "topic": f"topic {i}"}, separators=(",", ":")) for i in flagged}
+    assert paid_twice <= reported  # nothing was paid twice that the run did not report
+    assert all(n <= 2 for n in charges.values())
