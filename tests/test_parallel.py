@@ -184,6 +184,10 @@ def test_orphan_add_runs_is_adopted_not_resent(tmp_path: Path) -> None:
     assert result.summary.possibly_duplicated == 0
 
 
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing in the client handles it."""
+
+
 class CrashAfter(httpx.AsyncBaseTransport):
     """A transport that lets the emulator process one add-runs request, then dies (a crash
     between the request reaching Parallel and its answer being journaled)."""
@@ -194,14 +198,14 @@ class CrashAfter(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response = await self.inner.handle_async_request(request)
         if request.method == "POST" and request.url.path.endswith("/runs"):
-            raise SystemExit("crashed after add-runs reached the server")
+            raise Crash("crashed after add-runs reached the server")
         return response
 
 
 def test_rerun_adopts_runs_whose_create_answer_never_got_recorded(tmp_path: Path) -> None:
     """After a crash mid add-runs, the next run finds the staged group's runs by tag."""
     emu = ParallelEmulator(task=facts)
-    with pytest.raises(SystemExit):
+    with pytest.raises(Crash):
         run(companies(5), emu, tmp_path, transport=CrashAfter(emu))
     assert emu.create_requests == 1
     result = run(companies(5), emu, tmp_path)
