@@ -304,6 +304,14 @@ class Pacer:
             sent.append(self._clock())
 
 
+def json_or_none(content: bytes | str) -> Any:
+    """A vendor's answer parsed as JSON, or None when it is not JSON (adapters then say so)."""
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+
+
 def _loads(data: str) -> Any:
     try:
         return orjson.loads(data)

@@ -92,9 +92,10 @@ def _too_big(payload: bytes, position: int, max_bytes: int, max_chars: int | Non
             f"the {max_bytes:,}-byte request limit; shorten the inputs"
         )
     # Bytes >= characters in UTF-8: only a long payload needs decoding to count characters.
-    if max_chars is not None and len(payload) > max_chars and len(payload.decode()) > max_chars:
+    chars = len(payload.decode()) if max_chars is not None and len(payload) > max_chars else 0
+    if max_chars is not None and chars > max_chars:
         return (
-            f"row {position}: its inputs are {len(payload.decode()):,} characters, more than the "
+            f"row {position}: its inputs are {chars:,} characters, more than the "
             f"{max_chars:,} the provider accepts per row (together with the task spec); shorten the "
             "inputs or the output schema"
         )

@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 
 from .. import errors
-from .._http import ApiClient, HttpConfig, Secret, resolve_key
+from .._http import ApiClient, HttpConfig, Secret, json_or_none, resolve_key
 from .._keys import fingerprint
 from .._schema import OutputSchema, parse_output_schema
 from .._types import (
@@ -366,7 +366,7 @@ class Parallel:
         path = f"/v0/tasks/{task}/batches/{batch_run}/results"
         response = await api.read("GET", path, params={"format": self.export})
         if self.export == "json":
-            data = _loads_any(response.content)
+            data = json_or_none(response.content)
             items = data.get("results") if isinstance(data, dict) else data
             return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
         return _csv_rows(response.text, self.schema.types)
@@ -397,15 +397,8 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 
 def _loads(content: bytes) -> dict[str, Any]:
-    data = _loads_any(content)
+    data = json_or_none(content)
     return data if isinstance(data, dict) else {}
-
-
-def _loads_any(content: bytes) -> Any:
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _field(content: bytes, name: str, doing: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 
 from .. import errors
-from .._http import ApiClient, HttpConfig, Secret, resolve_key
+from .._http import ApiClient, HttpConfig, Secret, json_or_none, resolve_key
 from .._keys import row_key, scope_of
 from .._types import (
     UNKNOWN,
@@ -97,7 +97,7 @@ class Respell:
         # Splice the rows' canonical JSON into the body: no decode and re-encode per row.
         body = b'{"spellId":' + orjson.dumps(workflow) + b',"inputs":[' + b",".join(batch.payloads) + b"]}"
         response = await api.create("POST", "/spells/bulkStart", content=body)
-        data = _json(response.content)
+        data = json_or_none(response.content)
         for field in ID_FIELDS:
             value = data.get(field) if isinstance(data, dict) else None
             if isinstance(value, str | int) and str(value):
@@ -112,7 +112,7 @@ class Respell:
 
     async def poll(self, api: ApiClient, workflow: str, ref: BatchRef) -> BatchPoll:
         response = await api.read("POST", "/spells/getBulkRuns", json={"groupId": ref.remote_id})
-        data = _json(response.content)
+        data = json_or_none(response.content)
         runs = data.get("runs") if isinstance(data, dict) else None
         if not isinstance(runs, list):
             return BatchPoll(done=False, unknown=("<no runs list in getBulkRuns answer>",))
@@ -125,13 +125,6 @@ class Respell:
         self, api: ApiClient, workflow: str, batch_id: str, keys: tuple[str, ...], staged: str | None
     ) -> Reconciliation:
         return UNKNOWN  # no listing endpoint: a lost bulkStart answer cannot be found again
-
-
-def _json(content: bytes) -> Any:
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _read_runs(runs: list[Any], ref: BatchRef, scope: bytes) -> BatchPoll:

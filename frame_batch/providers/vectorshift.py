@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 
 from .. import errors
-from .._http import ApiClient, HttpConfig, Secret, resolve_key
+from .._http import ApiClient, HttpConfig, Secret, json_or_none, resolve_key
 from .._types import (
     UNKNOWN,
     Batch,
@@ -128,7 +128,7 @@ class VectorShift:
         runs = [self._run(payload) for payload in batch.payloads]
         body = orjson.dumps({"runs": runs})
         response = await api.create("POST", f"/pipeline/{workflow}/{self.bulk_path}", content=body)
-        results = _read_answer(_loads(response.content), batch.keys, response.text)
+        results = _read_answer(json_or_none(response.content), batch.keys, response.text)
         remote_id = f"bulk:{batch.batch_id}:{next(self._ids)}"
         self._answers[remote_id] = results
         return remote_id
@@ -177,13 +177,6 @@ def from_datatype(value: object) -> object:
     if isinstance(value, list):
         return [from_datatype(v) for v in value]
     return value
-
-
-def _loads(content: bytes) -> Any:
-    try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _read_answer(data: Any, keys: tuple[str, ...], text: str) -> tuple[RowResult, ...]:

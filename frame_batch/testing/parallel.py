@@ -54,7 +54,6 @@ import io
 import itertools
 import math
 import random
-import re
 import secrets
 import time
 import uuid
@@ -70,10 +69,11 @@ import orjson
 from frame_batch.testing._books import Books
 from frame_batch.testing._faults import (
     Faults,
-    RequestOp,
     fault_response,
     in_process,
 )
+from frame_batch.testing._routing import Route, find_route
+from frame_batch.testing._routing import route as _route
 from frame_batch.testing._server import DropConnection
 
 __all__ = [
@@ -172,19 +172,6 @@ class _Invalid(Exception):
     def __init__(self, issues: list[Json]) -> None:
         super().__init__(f"{len(issues)} validation issue(s)")
         self.issues = issues
-
-
-@dataclass(frozen=True)
-class _Route:
-    name: str
-    method: str
-    pattern: re.Pattern[str]
-    op: RequestOp
-
-
-def _route(name: str, method: str, path: str, op: RequestOp) -> _Route:
-    pattern = path.replace("{", "(?P<").replace("}", ">[^/]+)")
-    return _Route(name, method, re.compile(pattern), op)
 
 
 _V1 = "/(?:v1|v1beta)/tasks"
@@ -473,7 +460,7 @@ class ParallelEmulator(Books):
             route.name, route.op, lambda: self._process(route, _Call(request, params, in_process))
         )
 
-    def _process(self, route: _Route, call: _Call) -> httpx.Response:
+    def _process(self, route: Route, call: _Call) -> httpx.Response:
         try:
             key = self._authenticate(call.request)
             if route.op == "create":
@@ -959,18 +946,12 @@ def _check_rates(name: str, rates: Mapping[str, float] | None) -> None:
 # -- routing and request parsing -------------------------------------------------------------
 
 
-def _match(request: httpx.Request) -> tuple[_Route, dict[str, str]] | httpx.Response:
-    path = request.url.path.rstrip("/")
-    allowed: list[str] = []
-    for route in _ROUTES:
-        found = route.pattern.fullmatch(path)
-        if found is None:
-            continue
-        if route.method == request.method:
-            return route, found.groupdict()
-        allowed.append(route.method)
-    if allowed:
-        return _error(405, f"Method {request.method} not allowed", headers={"allow": ", ".join(allowed)})
+def _match(request: httpx.Request) -> tuple[Route, dict[str, str]] | httpx.Response:
+    found = find_route(request, _ROUTES)
+    if isinstance(found, tuple):
+        return found
+    if found:
+        return _error(405, f"Method {request.method} not allowed", headers={"allow": ", ".join(found)})
     return _error(404, f"Not found: {request.url.path}")
 
 

@@ -60,7 +60,9 @@ import httpx
 import orjson
 
 from frame_batch.testing._books import Books
-from frame_batch.testing._faults import Faults, RequestOp, fault_response, in_process
+from frame_batch.testing._faults import Faults, fault_response, in_process
+from frame_batch.testing._routing import Route, find_route
+from frame_batch.testing._routing import route as _route
 
 __all__ = [
     "PipelineFunction",
@@ -200,26 +202,12 @@ class _Invalid(Exception):
     """A value that is not a DataType: a 400 for an input, a failed run for an output."""
 
 
-@dataclass(frozen=True)
-class _Route:
-    name: str
-    method: str
-    pattern: re.Pattern[str]
-    op: RequestOp
-    action: str
-
-
-def _route(name: str, method: str, path: str, op: RequestOp, action: str) -> _Route:
-    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path)
-    return _Route(name, method, re.compile(f"{re.escape(_PREFIX)}{regex}"), op, action)
-
-
 _ROUTES = (
-    _route("run", "POST", "/pipeline/{pipeline}/run", "create", "run"),
-    _route("bulk_run", "POST", "/pipeline/{pipeline}/bulk_run", "create", "bulk_run"),
-    _route("bulk-run", "POST", "/pipeline/{pipeline}/bulk-run", "create", "bulk_run"),
-    _route("run_status", "GET", "/pipeline/{pipeline}/run/status/{task}", "read", "run_status"),
-    _route("terminate", "POST", "/pipeline/{pipeline}/terminate", "cancel", "terminate"),
+    _route("run", "POST", f"{_PREFIX}/pipeline/{{pipeline}}/run", "create"),
+    _route("bulk_run", "POST", f"{_PREFIX}/pipeline/{{pipeline}}/bulk_run", "create"),
+    _route("bulk-run", "POST", f"{_PREFIX}/pipeline/{{pipeline}}/bulk-run", "create", "bulk_run"),
+    _route("run_status", "GET", f"{_PREFIX}/pipeline/{{pipeline}}/run/status/{{task}}", "read"),
+    _route("terminate", "POST", f"{_PREFIX}/pipeline/{{pipeline}}/terminate", "cancel"),
 )
 
 
@@ -404,7 +392,7 @@ class VectorShiftEmulator(Books):
         )
 
     def _process(
-        self, route: _Route, request: httpx.Request, params: dict[str, str], in_process: bool
+        self, route: Route, request: httpx.Request, params: dict[str, str], in_process: bool
     ) -> httpx.Response:
         try:
             key = self._authenticate(request)
@@ -588,18 +576,12 @@ class VectorShiftEmulator(Books):
 # -- request parsing -------------------------------------------------------------------------
 
 
-def _match(request: httpx.Request) -> tuple[_Route, dict[str, str]] | httpx.Response:
-    path = request.url.path.rstrip("/")
-    allowed: list[str] = []
-    for route in _ROUTES:
-        matched = route.pattern.fullmatch(path)
-        if matched is None:
-            continue
-        if route.method == request.method:
-            return route, matched.groupdict()
-        allowed.append(route.method)
-    if allowed:
-        return _error(405, f"Method {request.method} not allowed", {"allow": ", ".join(allowed)})
+def _match(request: httpx.Request) -> tuple[Route, dict[str, str]] | httpx.Response:
+    found = find_route(request, _ROUTES)
+    if isinstance(found, tuple):
+        return found
+    if found:
+        return _error(405, f"Method {request.method} not allowed", {"allow": ", ".join(found)})
     return _error(404, f"Not found: {request.url.path}")
 
 
