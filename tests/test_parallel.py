@@ -507,3 +507,29 @@ def test_results_are_joined_by_row_tag_not_stream_order(tmp_path: Path) -> None:
     out = run(companies(7), emu, tmp_path, transport=httpx.MockTransport(reversed_stream)).frame
     check_facts(out)
     assert (out["bulk_status"] == "succeeded").sum() == 6
+
+
+@pytest.mark.parametrize("api", ["groups", "batch"])
+def test_a_row_can_name_its_own_processor(tmp_path: Path, api: str) -> None:
+    """processor_input: a column's value is that row's processor (runner), not an input."""
+    emu = ParallelEmulator(task=facts, tasks={TASK: SCHEMA})
+    sent: list[dict[str, Any]] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith(("/runs", "/batches")):
+            sent.append(json.loads(request.content))
+        return emu.handler(request)
+
+    df = companies(3)
+    df["tier"] = ["core", None, "lite"]
+    out = run(df, emu, tmp_path, api=api, processor_input="tier", transport=httpx.MockTransport(record)).frame
+    check_facts(out)
+    if api == "groups":
+        runs = sent[0]["inputs"]
+        assert [r["processor"] for r in runs] == ["core", "base", "lite"]
+        assert all("tier" not in r["input"] for r in runs)
+    else:
+        requests = sent[0]["task_run_requests"]
+        assert [r.get("runner") for r in requests] == ["core", None, "lite"]
+        assert sent[0]["runner"] == "base"
+        assert all("tier" not in r["arguments"] for r in requests)

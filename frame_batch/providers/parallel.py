@@ -89,7 +89,9 @@ class Parallel:
     """The Parallel adapter. ``api_key`` defaults to ``$PARALLEL_API_KEY``.
 
     The workflow is a name of your choosing for the task (it tags each group) with Task
-    Groups, and the task id with the legacy Batch API (``api="batch"``).
+    Groups, and the task id with the legacy Batch API (``api="batch"``). ``processor``
+    applies to every row; ``processor_input`` names an input (of ``inputs=``) whose value,
+    when set, is that row's own processor (runner) and is not sent as input.
     """
 
     name: ClassVar[str] = "parallel"
@@ -108,6 +110,7 @@ class Parallel:
         api_version: Literal["v1", "v1beta"] = "v1",
         webhook_url: str | None = None,
         webhook_events: Sequence[str] = ("task_run.status",),
+        processor_input: str | None = None,
         limits: ProviderLimits | None = None,
     ) -> None:
         _check_choice("api", api, ("groups", "batch"))
@@ -120,6 +123,7 @@ class Parallel:
         self._api_key = api_key  # resolved on first use: a dry run (plan) needs no key
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.processor = processor.strip()
+        self.processor_input = processor_input
         self.schema: OutputSchema = parse_output_schema(output_schema)
         self.basis = basis
         self.api = api
@@ -200,17 +204,33 @@ class Parallel:
 
     def _runs_body(self, batch: Batch) -> bytes:
         """Splice each row's canonical JSON in as a run's input: no decode and re-encode."""
-        head = b'{"input":'
-        tail_prefix = b',"processor":' + orjson.dumps(self.processor)
-        if self.webhook is not None:
-            tail_prefix += b',"webhook":' + orjson.dumps(self.webhook)
-        tail_prefix += b',"metadata":{"' + ROW_TAG.encode() + b'":"'
-        runs = [
-            head + p + tail_prefix + k.encode() + b'"}}'
-            for k, p in zip(batch.keys, batch.payloads, strict=True)
-        ]
+        default = orjson.dumps(self.processor)
+        extra = b',"webhook":' + orjson.dumps(self.webhook) if self.webhook is not None else b""
+        tag = b',"metadata":{"' + ROW_TAG.encode() + b'":"'
+        runs = []
+        for key, payload in zip(batch.keys, batch.payloads, strict=True):
+            run_input, processor = self._own_processor(payload)
+            runs.append(
+                b'{"input":'
+                + run_input
+                + b',"processor":'
+                + (processor or default)
+                + extra
+                + tag
+                + key.encode()
+                + b'"}}'
+            )
         spec = b',"default_task_spec":' + orjson.dumps(self._task_spec) if self._task_spec else b""
         return b'{"inputs":[' + b",".join(runs) + b"]" + spec + b"}"
+
+    def _own_processor(self, payload: bytes) -> tuple[bytes, bytes | None]:
+        """A row's input without its ``processor_input`` field, and that processor (JSON)."""
+        if self.processor_input is None:
+            return payload, None
+        row = orjson.loads(payload)
+        value = row.pop(self.processor_input, None)
+        own = orjson.dumps(str(value)) if isinstance(value, str) and value.strip() else None
+        return orjson.dumps(row, option=orjson.OPT_SORT_KEYS), own
 
     # -- poll -----------------------------------------------------------------------------
     async def poll(self, api: ApiClient, workflow: str, ref: BatchRef) -> BatchPoll:
@@ -324,7 +344,11 @@ class Parallel:
     # -- the legacy Batch API -------------------------------------------------------------
     async def _submit_legacy(self, api: ApiClient, task: str, batch: Batch) -> str:
         callback = b',"callback_webhook":' + orjson.dumps(self.webhook["url"]) if self.webhook else b""
-        requests = [b'{"arguments":' + p + callback + b"}" for p in batch.payloads]
+        requests = []
+        for payload in batch.payloads:
+            arguments, runner = self._own_processor(payload)
+            runner_field = b',"runner":' + runner if runner else b""
+            requests.append(b'{"arguments":' + arguments + runner_field + callback + b"}")
         body = (
             b'{"task_run_requests":['
             + b",".join(requests)
