@@ -40,7 +40,9 @@ reported:
   JSON has no infinity, and orjson would silently send ``null``;
 - an int outside the signed/unsigned 64-bit range (convert the column to str);
 - a str with a lone surrogate such as ``"\\udcff"`` (from ``surrogateescape`` decoding);
-- bytes, bytearray, memoryview (decode to str or base64 first);
+- bytes, bytearray, memoryview (decode to str or base64 first), except for providers that
+  take files: there a whole cell of bytes (or a path, with ``file_root=``) is a file, see
+  ``_files``;
 - a dict key that is not str/bool/int/float, or two keys that become the same string;
 - anything else: complex numbers, intervals, arbitrary objects, nesting deeper than
   orjson's limit of 255 levels.
@@ -60,6 +62,7 @@ import enum
 import math
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from pathlib import PurePath
 from typing import Any, Literal, NamedTuple, cast
 
 import numpy as np
@@ -67,6 +70,7 @@ import numpy.typing as npt
 import orjson
 import pandas as pd
 
+from frame_batch._files import FileInputs, FileRejected, bytes_marker, path_marker
 from frame_batch._types import EncodedChunk
 from frame_batch.errors import ColumnError, ConfigError
 
@@ -174,11 +178,14 @@ def _column_position(columns: pd.Index, label: Hashable) -> int:
 # --------------------------------------------------------------------------- frames
 
 
-def encode_frame(df: pd.DataFrame, pairs: Pairs, *, chunk_rows: int = 10_000) -> Iterator[EncodedChunk]:
+def encode_frame(
+    df: pd.DataFrame, pairs: Pairs, *, chunk_rows: int = 10_000, files: FileInputs | None = None
+) -> Iterator[EncodedChunk]:
     """Yield one EncodedChunk per ``chunk_rows`` consecutive rows (by position).
 
     ``payloads[i]`` is the canonical JSON object of row ``start + i``, or ``None`` with the
     reason in ``errors[start + i]``. Bad cells never raise; bad arguments raise at once.
+    ``files`` (for providers that take files) turns file cells into file markers (``_files``).
     """
     if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise ConfigError(f"chunk_rows must be a positive int, got {chunk_rows!r}")
@@ -189,7 +196,23 @@ def encode_frame(df: pd.DataFrame, pairs: Pairs, *, chunk_rows: int = 10_000) ->
         raise ConfigError(f"input names must be unique, got {names!r}")
     labels = [label for _, label in pairs]
     positions = [_column_position(df.columns, label) for label in labels]
-    return _chunks(df, names, labels, positions, chunk_rows)
+    unknown = sorted(files.path_inputs - set(names)) if files is not None else []
+    if unknown:
+        raise ConfigError(f"file_inputs names {unknown!r}, which are not inputs of this run: {names!r}")
+    converters = [
+        _converter(df.iloc[:, pos].dtype, name, files) for name, pos in zip(names, positions, strict=True)
+    ]
+    return _chunks(df, names, labels, positions, converters, chunk_rows)
+
+
+def _converter(dtype: object, name: str, files: FileInputs | None) -> Callable[[pd.Series], _Column]:
+    """How one column is converted: files look at object (and path) columns value by value."""
+    if files is None:
+        return _convert
+    as_path = name in files.path_inputs
+    if as_path or (isinstance(dtype, np.dtype) and dtype.kind == "O"):
+        return lambda series: _file_column(series.to_numpy(dtype=object), files, as_path=as_path)
+    return _convert
 
 
 def _chunks(
@@ -197,11 +220,14 @@ def _chunks(
     names: list[str],
     labels: list[Hashable],
     positions: list[int],
+    converters: list[Callable[[pd.Series], _Column]],
     chunk_rows: int,
 ) -> Iterator[EncodedChunk]:
     for start in range(0, len(df), chunk_rows):
         stop = min(start + chunk_rows, len(df))
-        columns = [_convert(df.iloc[start:stop, pos]) for pos in positions]
+        columns = [
+            convert(df.iloc[start:stop, pos]) for convert, pos in zip(converters, positions, strict=True)
+        ]
         yield _assemble(df.index, start, names, labels, columns)
 
 
@@ -377,18 +403,47 @@ def _categorical_column(series: pd.Series) -> _Column:
 def _object_column(values: npt.NDArray[Any]) -> _Column:
     if _all_str_or_missing(values):
         return _Column(_with_none(values, np.asarray(pd.isna(values))), {})
+    return _each(values, _normalise)
+
+
+def _file_column(values: npt.NDArray[Any], files: FileInputs, *, as_path: bool) -> _Column:
+    """An object column where bytes (and paths, when allowed) are files; the rest as usual."""
+    return _each(values, lambda value: _file_cell(value, files, as_path))
+
+
+def _each(values: npt.NDArray[Any], convert: Callable[[Any], object]) -> _Column:
+    """Convert value by value; a value that cannot be sent is a problem of its row."""
     out: list[Any] = []
     problems: dict[int, str] = {}
     for i, value in enumerate(values.tolist()):
         try:
-            out.append(_normalise(value))
+            out.append(convert(value))
             continue
+        except FileRejected as exc:
+            problems[i] = str(exc)
         except _Bad as exc:
             problems[i] = exc.describe()
         except Exception as exc:  # a value we could not even inspect must not stop the run
             problems[i] = _unexpected(value, exc)
         out.append(None)
     return _Column(out, problems)
+
+
+def _file_cell(value: object, files: FileInputs, as_path: bool) -> object:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes_marker(value, files)
+    if isinstance(value, PurePath) or (as_path and isinstance(value, str)):
+        return path_marker(value, files)
+    if as_path and not _is_missing(value):
+        raise FileRejected(f"{type(value).__name__} is not a path; file_inputs cells must be str or Path")
+    return _normalise(value)
+
+
+def _is_missing(value: object) -> bool:
+    try:
+        return value is None or _normalise(value) is None  # NaN, NA, NaT and friends
+    except _Bad:
+        return False
 
 
 def _all_str_or_missing(values: npt.NDArray[Any]) -> bool:

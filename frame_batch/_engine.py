@@ -9,6 +9,10 @@ Rules this module keeps (DESIGN §4):
   when certainly absent. When the provider cannot tell, ``on_ambiguous`` decides:
   ``"resubmit"`` sends the rows again and records them as possibly paid twice, ``"fail"``
   marks them failed and sends nothing more.
+- A request refused as too large (413) certainly ran nothing: it is split in halves and
+  sent again (a single row that is still too large fails alone). A request that ran out of
+  time (504, read timeout) is a lost answer like any other, and also makes later batches
+  smaller (``BatchSizer``), resent rows included.
 - Rows are matched to results by key; a batch that ends with rows missing from the vendor's
   answer gets a failed result for each of them (no row is silently dropped).
 - An overall deadline stops waiting and leaves unfinished batches resumable. A cancellation
@@ -31,6 +35,7 @@ from typing import Any, Literal
 
 from . import errors
 from ._http import AmbiguousCreate, ApiClient
+from ._planning import BatchSizer, split
 from ._types import Batch, BatchPoll, BatchRef, Progress, ProgressCallback, RowResult
 from .providers.base import Provider
 from .store import JournalBatch, Store
@@ -75,6 +80,7 @@ class EngineReport:
     unknown_states: set[str] = field(default_factory=set)
     attention: set[str] = field(default_factory=set)  # messages for the user, each logged once
     adopted_batches: int = 0
+    shrunk: int = 0  # times the batch size was cut after a 413 or a timeout
 
 
 class Engine:
@@ -89,6 +95,7 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
         progress: ProgressCallback | None = None,
         total: Callable[[], int] = lambda: 0,
+        sizer: BatchSizer | None = None,
     ) -> None:
         self.ctx = ctx
         self.api = api
@@ -99,6 +106,7 @@ class Engine:
         self._clock = clock
         self._progress = progress
         self._total = total
+        self._sizer = sizer or BatchSizer(1_000_000)  # without one, nothing adapts
         self._slots = asyncio.Semaphore(options.max_in_flight)
         self._in_flight: dict[str, BatchRef] = {}
         self._staged: dict[str, str] = {}  # batch id -> staged id, while its create is in flight
@@ -140,8 +148,13 @@ class Engine:
                 for ref in resumed:
                     await self._slots.acquire()
                     _spawn(group, self._guarded(partial(self._track, ref, first_wait=0.0)))
-                for batch in batches:
+                while True:
+                    # The slot first, then the batch: it is formed at the size current now.
                     await self._slots.acquire()
+                    batch = next(batches, None)
+                    if batch is None:
+                        self._slots.release()
+                        break
                     _spawn(group, self._guarded(partial(self._submit_and_track, batch)))
         except TimeoutError:
             self.report.timed_out = True
@@ -166,11 +179,18 @@ class Engine:
 
     # -- one batch ----------------------------------------------------------------------
     async def _submit_and_track(self, batch: Batch) -> None:
-        ref = await self._submit(batch)
-        if ref is not None:
-            await self._track(ref, first_wait=self.options.first_poll)
+        if len(batch.keys) > self._sizer():  # formed before the size was cut
+            sent: BatchRef | list[Batch] | None = split(batch, self._sizer())
+        else:
+            sent = await self._submit(batch)
+        if isinstance(sent, BatchRef):
+            await self._track(sent, first_wait=self.options.first_poll)
+        elif sent is not None:
+            for part in sent:  # in turn, in this batch's slot: they replace it
+                await self._submit_and_track(part)
 
-    async def _submit(self, batch: Batch) -> BatchRef | None:
+    async def _submit(self, batch: Batch) -> BatchRef | list[Batch] | None:
+        """Send ``batch``: its ref, smaller batches to send instead, or None (nothing to poll)."""
         journal = self.store.journal
         for _ in range(self.options.max_ambiguous_resubmits + 1):
             journal.begin(
@@ -183,11 +203,17 @@ class Engine:
             )
             try:
                 remote_id = await self._create(batch)
+            except errors.RequestTooLarge as exc:
+                return self._too_large(batch, exc)
             except AmbiguousCreate as exc:
+                if exc.slow:
+                    self._shrink(batch, exc.reason)
                 found, send_again = await self._after_lost_answer(batch, exc)
                 if found is None:
                     if not send_again:
                         return None
+                    if len(batch.keys) > self._sizer():
+                        return split(batch, self._sizer())
                     batch = replace(batch, batch_id=uuid.uuid4().hex)
                     continue
                 remote_id = found
@@ -195,6 +221,7 @@ class Engine:
                 journal.rejected(batch.batch_id, type(exc).__name__)
                 raise
             journal.submitted(batch.batch_id, remote_id)
+            self._sizer.succeeded(len(batch.keys))
             self.report.batches_submitted += 1
             ref = BatchRef(batch.batch_id, remote_id, batch.keys)
             self._in_flight[batch.batch_id] = ref
@@ -206,6 +233,31 @@ class Engine:
             "twice; run again later to resume",
             provider=self.ctx.provider.name,
         )
+
+    def _too_large(self, batch: Batch, exc: errors.RequestTooLarge) -> list[Batch] | None:
+        """A 413 ran nothing: send the rows again in halves; a lone row fails by itself."""
+        self.store.journal.rejected(batch.batch_id, "HTTP 413: split and sent again")
+        if len(batch.keys) > 1:
+            return split(batch, self._shrink(batch, "HTTP 413", hard=True))
+        message = f"{exc} (this row alone is too large for one request)"
+        results = [RowResult(batch.keys[0], "failed", error=message)]
+        self.store.write_results(self.ctx.scope_id, batch.batch_id, results)
+        self._collected(results)
+        return None
+
+    def _shrink(self, batch: Batch, why: str, *, hard: bool = False) -> int:
+        before = self._sizer()
+        size = self._sizer.shrink(len(batch.keys), hard=hard)
+        self.report.shrunk += 1
+        # Batches in flight together often fail together: say it once per new size.
+        (log.warning if size < before else log.debug)(
+            "%s: a request of %d rows was too large or too slow (%s); sending at most %d rows per request",
+            self.ctx.provider.name,
+            len(batch.keys),
+            why[:120],
+            size,
+        )
+        return size
 
     async def _after_lost_answer(self, batch: Batch, exc: AmbiguousCreate) -> tuple[str | None, bool]:
         """Reconcile a create whose answer was lost: (remote id to adopt, send the rows again?).

@@ -86,11 +86,16 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 class AmbiguousCreate(Exception):
-    """A create request may have reached the server, but its answer was lost."""
+    """A create request may have reached the server, but its answer was lost.
 
-    def __init__(self, reason: str) -> None:
+    ``slow`` says the request ran out of time (a gateway 504 or a read timeout): the batch
+    may simply be too big to finish in one request, so the engine sends smaller ones.
+    """
+
+    def __init__(self, reason: str, *, slow: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.slow = slow
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +230,10 @@ class ApiClient:
             except httpx.TransportError as exc:
                 if create and not is_retryable_exception(exc, create=True):
                     self.create_requests += 1  # it may have reached the server
-                    raise AmbiguousCreate(f"{type(exc).__name__}: {self._clean(str(exc))}") from None
+                    raise AmbiguousCreate(
+                        f"{type(exc).__name__}: {self._clean(str(exc))}",
+                        slow=isinstance(exc, httpx.TimeoutException),
+                    ) from None
                 if not is_retryable_exception(exc, create=create) or not self._may_retry(attempt):
                     raise self._transport_error(method, path, exc) from None
                 await self._wait(attempt, None, f"{method} {path}: {type(exc).__name__}")
@@ -245,7 +253,10 @@ class ApiClient:
                 continue
             if create and response.status_code >= 500:
                 # The server may have started the work before failing: not safe to resend blindly.
-                raise AmbiguousCreate(f"HTTP {response.status_code}: {self._clean(response.text[:200])}")
+                raise AmbiguousCreate(
+                    f"HTTP {response.status_code}: {self._clean(response.text[:200])}",
+                    slow=response.status_code == 504,
+                )
             raise self._status_error(method, path, response)
 
     def _may_retry(self, attempt: int) -> bool:
@@ -327,7 +338,7 @@ _ERRORS: dict[int, tuple[type[errors.ProviderError], str]] = {
     403: (errors.AuthenticationError, "the key is not allowed to do this; check it ({key_hint})"),
     404: (errors.NotFoundError, "check the workflow id (and base_url)"),
     409: (errors.RequestRejected, "the request conflicts with the server's state"),
-    413: (errors.RequestRejected, "the request is too large; pass a smaller batch_size"),
+    413: (errors.RequestTooLarge, "the request is too large; pass a smaller batch_size or max_bytes"),
     422: (errors.RequestRejected, "the request was refused; check the workflow's input names"),
     429: (errors.RateLimited, f"the rate limit held through every retry; {_RESUME} later"),
     500: (errors.ServerError, f"the service kept failing through every retry; {_RESUME}"),

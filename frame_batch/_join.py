@@ -3,6 +3,7 @@
 Naming rules for the new columns:
 - One column per output name. Nested output maps are flattened with ``.``:
   ``{"address": {"city": "Oslo"}}`` becomes the column ``address.city``. Lists stay lists.
+  A file output is one cell: the saved file's path (or its bytes), see ``_files``.
 - Then three status columns: ``bulk_status`` (succeeded / failed / cancelled / skipped /
   pending), ``bulk_error`` (why a row failed or was skipped) and ``bulk_run_id`` (the vendor's
   run id, for support tickets).
@@ -18,7 +19,7 @@ Naming rules for the new columns:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
+from ._files import FILE_MARK, is_marker
 from ._types import OutputShape
 
 STATUS_COLUMNS = ("bulk_status", "bulk_error", "bulk_run_id")
@@ -37,15 +39,18 @@ def join_results(
     skipped: dict[int, str],
     results: pa.Table,
     shape: OutputShape | None = None,
+    *,
+    files: Callable[[Mapping[str, object]], object] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """A new frame (``df``'s index and columns, then outputs, then status columns), and the
-    status of every row, whatever name its column ended up with."""
+    status of every row, whatever name its column ended up with. ``files`` turns a stored
+    file output into what its cell shows (a path, or the bytes)."""
     lookup = pd.Index(results["key"].to_pylist(), dtype=object)
     wanted = pd.Index(["" if k is None else k for k in keys], dtype=object)
     indexer = lookup.get_indexer(wanted) if len(lookup) else np.full(len(wanted), -1, dtype=np.intp)
     indexer[np.fromiter((k is None for k in keys), dtype=bool, count=len(keys))] = -1
 
-    outputs = _outputs(results["outputs"].to_pylist(), indexer)
+    outputs = _outputs(results["outputs"].to_pylist(), indexer, files)
     if shape is not None:
         outputs = _apply_shape(outputs, shape)
     status, error, run_id = _status(results, indexer, skipped)
@@ -63,10 +68,12 @@ def join_results(
     return joined, status
 
 
-def _outputs(raw: list[str | None], indexer: np.ndarray) -> pd.DataFrame:
+def _outputs(
+    raw: list[str | None], indexer: np.ndarray, files: Callable[[Mapping[str, object]], object] | None
+) -> pd.DataFrame:
     """Parse and flatten only the result rows the frame uses, then spread them to positions."""
     used = np.unique(indexer[indexer >= 0])
-    records = [_flatten(orjson.loads(raw[i])) if raw[i] else {} for i in used]
+    records = [_flatten(orjson.loads(raw[i]), files=files) if raw[i] else {} for i in used]
     unique = pd.DataFrame.from_records(records) if records else pd.DataFrame()
     if unique.shape[1] == 0:
         return pd.DataFrame(index=pd.RangeIndex(len(indexer)))
@@ -161,7 +168,9 @@ def _status(results: pa.Table, indexer: np.ndarray, skipped: dict[int, str]) -> 
     return status, error, run_id
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def _flatten(
+    value: Any, prefix: str = "", *, files: Callable[[Mapping[str, object]], object] | None = None
+) -> dict[str, Any]:
     if not isinstance(value, dict):
         return {prefix or "output": value}
     if not prefix and not any(isinstance(inner, dict) for inner in value.values()):
@@ -169,8 +178,10 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, inner in value.items():
         name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(inner, dict) and inner:
-            flat.update(_flatten(inner, name))
+        if files is not None and is_marker(inner):
+            flat[name] = files(inner[FILE_MARK])  # a saved file is one cell, not a map
+        elif isinstance(inner, dict) and inner:
+            flat.update(_flatten(inner, name, files=files))
         else:
             flat[name] = inner
     return flat

@@ -10,6 +10,8 @@ Rules, in order:
    not sent: it becomes a skipped row with a reason.
 5. Planning streams: a batch is yielded as soon as it is full, so the payloads of the whole
    frame never sit in memory at once.
+6. ``max_rows`` may be a ``BatchSizer`` the engine adapts while the run goes: a batch takes
+   the size current when it is formed, which is just before it is sent.
 """
 
 from __future__ import annotations
@@ -19,6 +21,46 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ._types import Batch, EncodedChunk
+
+
+@dataclass(slots=True)
+class BatchSizer:
+    """Rows per batch, adapted to what the vendor copes with (a synchronous bulk call must
+    finish inside server and proxy timeouts).
+
+    A request refused as too large (413) or that ran out of time (504, read timeout) halves
+    the size below the rows it carried; ``grow_after`` successes in a row at the current
+    size double it again, never above ``ceiling`` (the configured batch size). A 413 is a
+    hard limit, so it also lowers the ceiling below the refused size: growing back never
+    asks for a refusal again. A timeout may pass (a busy moment), so it does not.
+    """
+
+    ceiling: int
+    grow_after: int = 4
+    current: int = 0
+    _streak: int = 0
+
+    def __post_init__(self) -> None:
+        self.current = self.current or self.ceiling
+
+    def __call__(self) -> int:
+        return self.current
+
+    def shrink(self, sent: int, *, hard: bool = False) -> int:
+        """A request of ``sent`` rows was too much: the new, smaller size."""
+        if hard:
+            self.ceiling = max(1, min(self.ceiling, sent - 1))
+        self.current = max(1, min(self.current, sent // 2))
+        self._streak = 0
+        return self.current
+
+    def succeeded(self, sent: int) -> None:
+        if sent < self.current or self.current >= self.ceiling:
+            return  # a small last batch says nothing about the current size
+        self._streak += 1
+        if self._streak >= self.grow_after:
+            self.current = min(self.ceiling, self.current * 2)
+            self._streak = 0
 
 
 @dataclass(slots=True)
@@ -43,12 +85,14 @@ def plan_batches(
     key_of: Callable[[bytes], str],
     is_done: Callable[[str], bool],
     in_flight: Callable[[str], bool] = lambda key: False,
-    max_rows: int,
+    max_rows: int | BatchSizer,
     max_bytes: int,
     state: PlanState,
     max_chars: int | None = None,
 ) -> Iterator[Batch]:
     """Yield batches of rows to submit; fill ``state`` with every row's key and fate."""
+    fixed = max_rows if isinstance(max_rows, int) else 0
+    rows_limit: Callable[[], int] = max_rows if isinstance(max_rows, BatchSizer) else (lambda: fixed)
     keys: list[str] = []
     payloads: list[bytes] = []
     size = 0
@@ -73,7 +117,7 @@ def plan_batches(
                 state.errors[len(state.keys) - 1] = too_big
                 state.keys[-1] = None
                 continue
-            if keys and (len(keys) >= max_rows or size + len(payload) > max_bytes):
+            if keys and (len(keys) >= rows_limit() or size + len(payload) > max_bytes):
                 yield _batch(keys, payloads, state)
                 keys, payloads, size = [], [], 0
             state.planned.add(key)
@@ -105,3 +149,12 @@ def _too_big(payload: bytes, position: int, max_bytes: int, max_chars: int | Non
 def _batch(keys: list[str], payloads: list[bytes], state: PlanState) -> Batch:
     state.batches += 1
     return Batch(batch_id=uuid.uuid4().hex, keys=tuple(keys), payloads=tuple(payloads))
+
+
+def split(batch: Batch, rows: int) -> list[Batch]:
+    """``batch`` as batches of at most ``rows`` rows, each with a new id (a new create)."""
+    step = max(1, rows)
+    return [
+        Batch(uuid.uuid4().hex, batch.keys[i : i + step], batch.payloads[i : i + step])
+        for i in range(0, len(batch.keys), step)
+    ]

@@ -25,10 +25,11 @@ import pandas as pd
 from . import errors
 from ._encode import encode_frame, resolve_inputs
 from ._engine import Engine, EngineOptions, OnAmbiguous, RunContext
+from ._files import FileInputs, FileOutputs, FileReader, check_file_outputs
 from ._http import ApiClient
 from ._join import join_results
 from ._keys import fingerprint, row_key, scope_of
-from ._planning import PlanState, plan_batches
+from ._planning import BatchSizer, PlanState, plan_batches
 from ._progress import TqdmProgress
 from ._retry import RetryPolicy
 from ._sync import run_sync
@@ -40,6 +41,7 @@ log = logging.getLogger("frame_batch")
 
 DEFAULT_CACHE = ".frame_batch"
 """The default ``cache=``: a ``.frame_batch/`` directory in the current working directory."""
+FILE_CHUNK_ROWS = 64  # rows encoded at once when cells may name files to read
 
 Inputs = Mapping[str, Hashable] | Sequence[str] | None
 Cache = str | os.PathLike[str] | None
@@ -95,6 +97,7 @@ class _Setup:
     limits: ProviderLimits
     scope: bytes
     scope_id: str
+    files: FileInputs | None  # None: the provider takes no files (bytes cells are row errors)
 
 
 def _setup(
@@ -110,6 +113,7 @@ def _setup(
     max_in_flight: int | None,
     poll_interval: float | None,
     provider_options: Mapping[str, Any],
+    files: FileOptions,
 ) -> _Setup:
     if not isinstance(df, pd.DataFrame):
         raise errors.InputError(f"expected a pandas DataFrame, got {type(df).__name__}")
@@ -120,19 +124,51 @@ def _setup(
     limits = _limits(prov.limits, batch_size, max_bytes, max_in_flight, poll_interval)
     scope_parts = prov.scope(workflow)
     scope_id = fingerprint("scope", *scope_parts)
-    return _Setup(prov, workflow, pairs, limits, scope_of(*scope_parts), scope_id)
+    return _Setup(prov, workflow, pairs, limits, scope_of(*scope_parts), scope_id, _file_inputs(prov, files))
+
+
+@dataclass(frozen=True, slots=True)
+class FileOptions:
+    """The run's file options as given (checked against the provider in ``_file_inputs``)."""
+
+    root: str | os.PathLike[str] | None = None
+    inputs: object = None
+    max_bytes: int | None = None
+
+    @property
+    def given(self) -> bool:
+        return self.root is not None or self.inputs is not None or self.max_bytes is not None
+
+
+def _file_inputs(provider: Provider, options: FileOptions) -> FileInputs | None:
+    if not provider.accepts_files:
+        if options.given:
+            raise errors.ConfigError(
+                f"file_root/file_inputs/max_file_bytes apply to providers that take files; "
+                f"{provider.name} takes none"
+            )
+        return None
+    return FileInputs.from_options(options.root, options.inputs, options.max_bytes)
 
 
 def _stream_batches(
-    df: pd.DataFrame, setup: _Setup, state: PlanState, done: set[str], in_flight: set[str], chunk_rows: int
+    df: pd.DataFrame,
+    setup: _Setup,
+    state: PlanState,
+    done: set[str],
+    in_flight: set[str],
+    chunk_rows: int,
+    sizer: BatchSizer | None = None,
 ) -> Iterator[Batch]:
     """The frame, encoded chunk by chunk and planned into batches (lazily)."""
+    if setup.files is not None and setup.files.root is not None:
+        chunk_rows = min(chunk_rows, FILE_CHUNK_ROWS)  # files are read while a chunk is encoded
     return plan_batches(
-        encode_frame(df, setup.pairs, chunk_rows=chunk_rows),
+        encode_frame(df, setup.pairs, chunk_rows=chunk_rows, files=setup.files),
         key_of=partial(row_key, setup.scope),
         is_done=done.__contains__,
         in_flight=in_flight.__contains__,
-        max_rows=setup.limits.max_rows_per_batch,
+        max_rows=sizer or setup.limits.max_rows_per_batch,
         max_bytes=setup.limits.max_bytes_per_batch,
         max_chars=setup.limits.max_row_chars,
         state=state,
@@ -188,6 +224,10 @@ def run(
     progress: bool | ProgressCallback = True,
     retry: RetryPolicy | None = None,
     chunk_rows: int = 10_000,
+    file_root: str | os.PathLike[str] | None = None,
+    file_inputs: str | Sequence[str] | None = None,
+    max_file_bytes: int | None = None,
+    file_outputs: FileOutputs = "path",
     **provider_options: Any,
 ) -> RunResult:
     """Run ``workflow`` on every row of ``df``; return the enriched frame and a summary.
@@ -199,7 +239,14 @@ def run(
 
     Other keyword options go to the provider named by ``provider=`` (e.g. Parallel's
     ``output_schema=`` and ``processor=``); see that provider's class.
+
+    Files (providers that take them, VectorShift): a bytes cell is a file; with
+    ``file_root=`` a ``Path`` cell, or a str cell of an input named in ``file_inputs=``, is a
+    file read from under that folder (at most ``max_file_bytes``). File outputs are saved
+    under ``<cache>/files/`` and their column holds the path, or the bytes with
+    ``file_outputs="bytes"`` (always the bytes with ``cache=None``: nothing is kept).
     """
+    output_files = check_file_outputs(file_outputs)
     setup = _setup(
         df,
         workflow,
@@ -212,6 +259,7 @@ def run(
         max_in_flight=max_in_flight,
         poll_interval=poll_interval,
         provider_options=provider_options,
+        files=FileOptions(file_root, file_inputs, max_file_bytes),
     )
     if on_ambiguous not in ("resubmit", "fail"):
         raise errors.ConfigError(f"on_ambiguous must be 'resubmit' or 'fail', not {on_ambiguous!r}")
@@ -245,6 +293,7 @@ def run(
                 creates_per_minute=setup.limits.max_creates_per_minute,
             )
             in_flight: set[str] = set()
+            sizer = BatchSizer(setup.limits.max_rows_per_batch)
             engine = Engine(
                 RunContext(
                     setup.provider, workflow, setup.scope_id, fingerprint(setup.scope_id, setup.pairs)
@@ -256,13 +305,14 @@ def run(
                 # Unique rows needing a remote result: exact once planning has seen every row,
                 # an upper bound before (rows not yet planned count as needing one).
                 total=lambda: len(in_flight) + len(state.planned) + (len(df) - state.rows),
+                sizer=sizer,
             )
             try:
                 refs = await engine.prepare(store.journal.open_batches(setup.scope_id))
                 in_flight.update(k for ref in refs for k in ref.keys)
                 stored, written = store.latest(setup.scope_id), store.parts_written
                 done = store.done_keys(setup.scope_id, retry_failed=retry_failed, latest=stored)
-                batches = _stream_batches(df, setup, state, done, in_flight, chunk_rows)
+                batches = _stream_batches(df, setup, state, done, in_flight, chunk_rows, sizer)
                 report = await engine.run(refs, batches)
                 # Nothing written since (a resumed, finished run): the table read above is current.
                 if store.parts_written != written:
@@ -286,8 +336,9 @@ def run(
         finally:
             if bar is not None:
                 bar.close()
+        reader = FileReader(store.files, "bytes" if store.temporary else output_files)
         frame, status = join_results(
-            df, state.keys, state.errors, stored, setup.provider.output_shape(workflow)
+            df, state.keys, state.errors, stored, setup.provider.output_shape(workflow), files=reader
         )
         summary, dup_index = _summarize(df, status, state, store, create_requests, report, started)
     finally:
@@ -313,6 +364,8 @@ def _summarize(
     if report.timed_out:
         notes.append("the deadline (timeout=) was reached: pending rows resume on the next run")
     notes.extend(sorted(report.attention))
+    if report.shrunk:
+        notes.append(f"requests were too large or too slow {report.shrunk} times: batches were made smaller")
     if report.unknown_states:
         notes.append(f"undocumented states seen: {', '.join(sorted(report.unknown_states))}")
     summary = RunSummary(
@@ -348,6 +401,9 @@ def plan(
     max_bytes: int | None = None,
     retry_failed: bool = False,
     chunk_rows: int = 10_000,
+    file_root: str | os.PathLike[str] | None = None,
+    file_inputs: str | Sequence[str] | None = None,
+    max_file_bytes: int | None = None,
     **provider_options: Any,
 ) -> PlanReport:
     """What ``run`` would do now: rows cached, to submit, batches, requests. Sends nothing."""
@@ -363,6 +419,7 @@ def plan(
         max_in_flight=None,
         poll_interval=None,
         provider_options=provider_options,
+        files=FileOptions(file_root, file_inputs, max_file_bytes),
     )
     with Store.open(cache) as store:
         open_batches = store.journal.open_batches(setup.scope_id)

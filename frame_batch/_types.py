@@ -61,6 +61,15 @@ class RowResult:
 
 
 @dataclass(frozen=True, slots=True)
+class FileOutput:
+    """A file a vendor returned as an output value; the store saves it under ``files/``."""
+
+    data: bytes = field(repr=False)
+    name: str | None = None
+    mime_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class BatchPoll:
     """One look at a submitted batch.
 

@@ -15,6 +15,7 @@ is sent::
     │   ├── AuthenticationError      401 / 403: the key is missing, wrong or not allowed
     │   ├── NotFoundError            404: unknown workflow / spell / batch id
     │   ├── RequestRejected          400 / 409 / 413 / 422: the vendor refused the request body
+    │   │   └── RequestTooLarge      413: one row alone is too large (larger batches are split)
     │   ├── RateLimited              429 after the retry budget was spent
     │   ├── ServerError              5xx after the retry budget was spent
     │   └── PaymentRequired          402: out of credits; new submissions stop
@@ -40,6 +41,7 @@ __all__ = [
     "ProviderError",
     "RateLimited",
     "RequestRejected",
+    "RequestTooLarge",
     "ServerError",
     "StoreError",
     "TransportError",
@@ -123,6 +125,11 @@ class NotFoundError(ProviderError):
 
 class RequestRejected(ProviderError):
     """The vendor refused the request body (HTTP 400/409/413/422)."""
+
+
+class RequestTooLarge(RequestRejected):
+    """HTTP 413. The engine splits the batch and sends the halves; this reaches the user only
+    when a request for a single row is still too large (that row then fails)."""
 
 
 class RateLimited(ProviderError):

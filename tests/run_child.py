@@ -1,6 +1,7 @@
 """A run in a child process, for the crash and interrupt tests: ``python run_child.py URL CACHE N``.
 
-Runs ``frame_batch.run`` over ``N`` topic rows against the emulator at URL and writes the
+Runs ``frame_batch.run`` over ``N`` topic rows (plus a bytes and a dict column with
+``"with_files": true``) against the emulator at URL and writes the
 result frame to ``CACHE/../out.parquet``. Extra options come as JSON in argv[4].
 """
 
@@ -20,6 +21,9 @@ def main() -> None:
     url, cache, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     df = pd.DataFrame({"topic": [f"topic {i}" for i in range(n)], "n": list(range(n))})
+    if options.pop("with_files", False):  # a bytes column (files) and a dict column (maps)
+        df["doc"] = [f"document {i}".encode() for i in range(n)]
+        df["meta"] = [{"city": f"City {i}"} for i in range(n)]
     result = frame_batch.run(
         df,
         options.pop("workflow", "clxdq2y1w008g2l7by88758uh"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import signal
@@ -19,6 +21,7 @@ import frame_batch
 from frame_batch import RetryPolicy
 from frame_batch.errors import AuthenticationError, RequestRejected
 from frame_batch.testing import VectorShiftEmulator
+from frame_batch.testing.vectorshift import file_value
 
 KEY = "vectorshift-test-key"
 PIPE = "64b2f0c1e4b0a1b2c3d4e5f6"
@@ -26,17 +29,33 @@ CHILD = Path(__file__).with_name("run_child.py")
 
 
 def pipeline(inputs: dict[str, Any]) -> dict[str, Any]:
-    """The emulated pipeline: outputs that follow from the inputs; row 3 fails."""
+    """The emulated pipeline: outputs that follow from the inputs; row 3 fails. A ``doc``
+    file input comes back as a ``report`` file output."""
     n = int(inputs["n"])
     if n == 3:
         raise RuntimeError("LLM node failed: context window exceeded")
     meta = inputs.get("meta")
     city = meta["items"]["city"] if isinstance(meta, dict) and meta.get("type") == "map" else None
-    return {
+    outputs: dict[str, Any] = {
         "answer": f"{inputs.get('topic')} done",
         "double": float(n) * 2,
         "place": {"type": "map", "items": {"city": city, "n": float(n)}},
     }
+    doc = inputs.get("doc")
+    if isinstance(doc, dict) and doc.get("type") == "file":
+        data = base64.b64decode(str(doc["raw_bytes"]))
+        outputs["report"] = file_value(b"report:" + data, name="report.txt", mime_type="text/plain")
+    return outputs
+
+
+def charge_key(n: int, *, doc: bytes | None = None, city: str | None = None) -> str:
+    """The emulator's charge key for row ``n`` of these frames (files count by their bytes)."""
+    inputs: dict[str, Any] = {"n": n, "topic": f"topic {n}"}
+    if doc is not None:
+        inputs["doc"] = {"type": "file", "sha256": hashlib.sha256(doc).hexdigest()}
+    if city is not None:
+        inputs["meta"] = {"type": "map", "items": {"city": city}}
+    return json.dumps(inputs, sort_keys=True, separators=(",", ":"))
 
 
 def frame(n: int) -> pd.DataFrame:
@@ -74,19 +93,33 @@ def check(out: pd.DataFrame) -> None:
 
 
 @pytest.mark.e2e
-def test_bulk_run_over_a_socket_with_a_dict_column_and_a_failing_row(tmp_path: Path) -> None:
-    """Dict cells go as maps, outputs come back as columns, the failing row says why."""
+def test_df_bulk_run_over_a_socket_with_bytes_dict_a_failing_row_and_a_dropped_call(tmp_path: Path) -> None:
+    """The accessor end to end: bytes cells go as files (multipart), dict cells as maps, file
+    outputs land as files; the failing row says why; the call whose connection dropped after
+    it ran is sent again, and exactly its rows are the ones paid twice and reported."""
     emu = VectorShiftEmulator(pipelines={PIPE: pipeline}, api_keys=[KEY])
-    df = frame(12)
+    emu.inject("drop", op="create")  # the first bulk call runs its rows, then the socket drops
+    df = frame(12).drop(columns="conv")
+    df["doc"] = [f"document {i}".encode() * (i + 1) for i in range(12)]
+    cache = tmp_path / "cache"
+    options: dict[str, Any] = {"cache": cache, "batch_size": 5, "max_in_flight": 1, "progress": False}
     with emu.serve() as server:
-        result = run(df, emu, tmp_path, base_url=server.url + "/v1", batch_size=5)
-    out = result.frame
+        options.update(provider="vectorshift", api_key=KEY, base_url=server.url + "/v1")
+        out = df.bulk.run(PIPE, retry=RetryPolicy.testing(), **options)
+        again = frame_batch.run(df, PIPE, **options)  # resumes: nothing sent, the report kept
     check(out)
     assert out["bulk_status"].value_counts().to_dict() == {"succeeded": 11, "failed": 1}
     assert "context window exceeded" in out.loc[3, "bulk_error"]
-    assert emu.duplicates() == {}
-    assert emu.create_requests == 3
-    assert emu.requests()["bulk-run"] == 3  # the SDK's spelling by default
+    ok = out[out["bulk_status"] == "succeeded"]
+    for data, path in zip(ok["doc"], ok["report"], strict=True):
+        assert Path(path).read_bytes() == b"report:" + data  # file outputs saved with their bytes
+    assert again.summary.create_requests == 0
+    flagged = set(again.possibly_duplicated)
+    assert flagged == {0, 1, 2, 3, 4}  # the dropped call's rows
+    twice = {key for key, n in emu.charges().items() if n > 1}
+    assert twice == {charge_key(i, doc=df.loc[i, "doc"], city=f"City {i}") for i in flagged}
+    assert len(emu.charges()) == 12  # every input ran
+    assert emu.requests()["bulk-run"] == 4  # the SDK's spelling by default
 
 
 def test_conversation_id_comes_from_a_column_and_the_docs_path_is_selectable(tmp_path: Path) -> None:
@@ -175,6 +208,7 @@ def test_sigkill_mid_run_then_rerun_pays_each_input_once_except_the_flagged(tmp_
     emu = VectorShiftEmulator(latency=0.05, pipelines={PIPE: pipeline})
     rows, cache = 40, tmp_path / "cache"
     options = {"provider": "vectorshift", "workflow": PIPE, "batch_size": 4, "max_in_flight": 2}
+    options["with_files"] = True  # a bytes column and a dict column too
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     with emu.serve() as server:
         url = server.url + "/v1"
@@ -197,6 +231,6 @@ def test_sigkill_mid_run_then_rerun_pays_each_input_once_except_the_flagged(tmp_
     assert len(charges) == rows  # every input ran
     paid_twice = {key for key, n in charges.items() if n > 1}
     assert paid_twice  # the call cut by the kill ran on the server, and was sent again
-    reported = {json.dumps({"n": i, "topic": f"topic {i}"}, separators=(",", ":")) for i in flagged}
+    reported = {charge_key(i, doc=f"document {i}".encode(), city=f"City {i}") for i in flagged}
     assert paid_twice <= reported  # nothing was paid twice that the run did not report
     assert all(n <= 2 for n in charges.values())

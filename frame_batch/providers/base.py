@@ -24,6 +24,7 @@ class Provider(Protocol):
     """
 
     name: ClassVar[str]
+    accepts_files: ClassVar[bool]  # file cells become file markers for it (see ``_files``)
     limits: ProviderLimits
 
     def http_config(self) -> HttpConfig:

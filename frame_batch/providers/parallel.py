@@ -95,6 +95,7 @@ class Parallel:
     """
 
     name: ClassVar[str] = "parallel"
+    accepts_files: ClassVar[bool] = False
     env_var: ClassVar[str] = "PARALLEL_API_KEY"
 
     def __init__(

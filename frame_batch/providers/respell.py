@@ -43,6 +43,7 @@ class Respell:
     """The Respell adapter. ``api_key`` defaults to ``$RESPELL_API_KEY``."""
 
     name: ClassVar[str] = "respell"
+    accepts_files: ClassVar[bool] = False
     env_var: ClassVar[str] = "RESPELL_API_KEY"
 
     def __init__(

@@ -5,6 +5,7 @@ Directory layout::
     <cache>/
       journal.sqlite3          batches: submitting / submitted(remote id) / collected ...
       results/<scope>/part-<batch_id>.parquet
+      files/<sha256[:2]>/<sha256><ext>   file outputs, by content (see _files.py)
       lock                     held (flock) by the run using this cache
 
 ``<scope>`` is a hash of provider + workflow (+ version), so one cache directory serves
@@ -25,6 +26,7 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .._files import externalize
 from .._types import RowResult
 from ..errors import StoreError
 from .journal import Journal, JournalBatch
@@ -101,15 +103,20 @@ class Store:
         self.close()
 
     # -- results ------------------------------------------------------------------------
+    @property
+    def files(self) -> Path:
+        """Where file outputs are saved (written before the part that points at them)."""
+        return self.root / "files"
+
     def write_results(self, scope: str, batch_id: str, results: list[RowResult]) -> None:
         """Persist a collected batch, then mark it collected (that order: see parts.py)."""
-        self.parts.write(scope, batch_id, results)
+        self.parts.write(scope, batch_id, externalize(results, self.files))
         self.parts_written += 1
         self.journal.collected(batch_id)
 
     def write_partial(self, scope: str, batch_id: str, part: int, results: list[RowResult]) -> None:
         """Persist some rows of a batch that is still open (it stays ``submitted``)."""
-        self.parts.write(scope, f"{batch_id}.{part}", results)
+        self.parts.write(scope, f"{batch_id}.{part}", externalize(results, self.files))
         self.parts_written += 1
 
     def done_keys(
