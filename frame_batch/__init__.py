@@ -17,6 +17,7 @@ from ._retry import RetryPolicy
 from ._run import DEFAULT_CACHE, PlanReport, RunResult, plan, run
 from ._types import Progress, ProviderLimits, RunSummary
 from .providers import Parallel, Provider, Respell, VectorShift
+from .tables import read_table, write_table
 
 __all__ = [
     "DEFAULT_CACHE",
@@ -33,7 +34,9 @@ __all__ = [
     "VectorShift",
     "errors",
     "plan",
+    "read_table",
     "run",
+    "write_table",
 ]
 
 __version__ = "0.1.0"

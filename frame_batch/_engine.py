@@ -96,6 +96,7 @@ class Engine:
         progress: ProgressCallback | None = None,
         total: Callable[[], int] = lambda: 0,
         sizer: BatchSizer | None = None,
+        checkpoint: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.ctx = ctx
         self.api = api
@@ -107,6 +108,9 @@ class Engine:
         self._progress = progress
         self._total = total
         self._sizer = sizer or BatchSizer(1_000_000)  # without one, nothing adapts
+        # Awaited before a create leaves and after its answer is journaled, so a copy of the
+        # journal kept elsewhere (the workbook's checkpoint) never lags behind a paid request.
+        self._checkpoint = checkpoint
         self._slots = asyncio.Semaphore(options.max_in_flight)
         self._in_flight: dict[str, BatchRef] = {}
         self._staged: dict[str, str] = {}  # batch id -> staged id, while its create is in flight
@@ -221,6 +225,8 @@ class Engine:
                 journal.rejected(batch.batch_id, type(exc).__name__)
                 raise
             journal.submitted(batch.batch_id, remote_id)
+            if self._checkpoint is not None:
+                await self._checkpoint()
             self._sizer.succeeded(len(batch.keys))
             self.report.batches_submitted += 1
             ref = BatchRef(batch.batch_id, remote_id, batch.keys)
@@ -295,6 +301,8 @@ class Engine:
         if staged is not None:
             self.store.journal.staged(batch.batch_id, staged)
             self._staged[batch.batch_id] = staged
+        if self._checkpoint is not None:
+            await self._checkpoint()
         task = asyncio.ensure_future(provider.submit(self.api, workflow, batch, staged))
         try:
             remote_id = await asyncio.shield(task)

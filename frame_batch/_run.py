@@ -8,12 +8,13 @@ and joins the stored results back by key.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import errors
+from ._checkpoint import Checkpoint, Checkpointer, CheckpointIds, seed
 from ._encode import encode_frame, resolve_inputs
 from ._engine import Engine, EngineOptions, OnAmbiguous, RunContext
 from ._files import FileInputs, FileOutputs, FileReader, check_file_outputs
@@ -228,6 +230,9 @@ def run(
     file_inputs: str | Sequence[str] | None = None,
     max_file_bytes: int | None = None,
     file_outputs: FileOutputs = "path",
+    checkpoint: Callable[[Checkpoint], None] | None = None,
+    checkpoint_every: float = 30.0,
+    resume_from: pd.DataFrame | None = None,
     **provider_options: Any,
 ) -> RunResult:
     """Run ``workflow`` on every row of ``df``; return the enriched frame and a summary.
@@ -245,6 +250,12 @@ def run(
     file read from under that folder (at most ``max_file_bytes``). File outputs are saved
     under ``<cache>/files/`` and their column holds the path, or the bytes with
     ``file_outputs="bytes"`` (always the bytes with ``cache=None``: nothing is kept).
+
+    Checkpoints (the CLI keeps them in the output workbook): ``checkpoint`` is called with a
+    ``Checkpoint`` (the frame so far and a state table) every ``checkpoint_every`` seconds,
+    before each create request leaves and after its answer is recorded, and at the end.
+    ``resume_from`` takes such a state table and writes it into the cache first, so a rerun
+    resumes from it even when the cache directory was lost.
     """
     output_files = check_file_outputs(file_outputs)
     setup = _setup(
@@ -282,6 +293,19 @@ def run(
     try:
         store.acquire()
         state = PlanState()
+        ids = CheckpointIds(
+            setup.scope_id, setup.provider.name, workflow, fingerprint(setup.scope_id, setup.pairs)
+        )
+        if resume_from is not None:
+            added = seed(store, ids, resume_from)
+            log.info("from the checkpoint: %d stored results and %d open batches added to the cache", *added)
+        reader = FileReader(store.files, "bytes" if store.temporary else output_files)
+        shape = setup.provider.output_shape(workflow)
+        saver = (
+            None
+            if checkpoint is None
+            else Checkpointer(store, ids, df, state, shape, reader, checkpoint, checkpoint_every)
+        )
 
         async def execute() -> tuple[int, Any, Any]:
             api = ApiClient(
@@ -295,9 +319,7 @@ def run(
             in_flight: set[str] = set()
             sizer = BatchSizer(setup.limits.max_rows_per_batch)
             engine = Engine(
-                RunContext(
-                    setup.provider, workflow, setup.scope_id, fingerprint(setup.scope_id, setup.pairs)
-                ),
+                RunContext(setup.provider, workflow, setup.scope_id, ids.fingerprint),
                 api,
                 store,
                 options,
@@ -306,6 +328,7 @@ def run(
                 # an upper bound before (rows not yet planned count as needing one).
                 total=lambda: len(in_flight) + len(state.planned) + (len(df) - state.rows),
                 sizer=sizer,
+                checkpoint=None if saver is None else saver.before_create,
             )
             try:
                 refs = await engine.prepare(store.journal.open_batches(setup.scope_id))
@@ -313,7 +336,10 @@ def run(
                 stored, written = store.latest(setup.scope_id), store.parts_written
                 done = store.done_keys(setup.scope_id, retry_failed=retry_failed, latest=stored)
                 batches = _stream_batches(df, setup, state, done, in_flight, chunk_rows, sizer)
-                report = await engine.run(refs, batches)
+                async with saver.periodic() if saver else contextlib.nullcontext():
+                    report = await engine.run(refs, batches)
+                if saver is not None:
+                    await saver.write(final=True)
                 # Nothing written since (a resumed, finished run): the table read above is current.
                 if store.parts_written != written:
                     stored = store.latest(setup.scope_id)
@@ -336,10 +362,7 @@ def run(
         finally:
             if bar is not None:
                 bar.close()
-        reader = FileReader(store.files, "bytes" if store.temporary else output_files)
-        frame, status = join_results(
-            df, state.keys, state.errors, stored, setup.provider.output_shape(workflow), files=reader
-        )
+        frame, status = join_results(df, state.keys, state.errors, stored, shape, files=reader)
         summary, dup_index = _summarize(df, status, state, store, create_requests, report, started)
     finally:
         store.close()

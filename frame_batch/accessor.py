@@ -6,11 +6,15 @@ between calls: state is in the cache directory, never on the accessor or in ``df
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import _run
+from .errors import ConfigError
+from .tables import write_table
 
 
 @pd.api.extensions.register_dataframe_accessor("bulk")
@@ -29,6 +33,15 @@ class BulkAccessor:
         run's summary.
         """
         return _run.run(self._df, workflow, **options).frame
+
+    def to_excel(self, path: str | os.PathLike[str], *, sheet_name: str = "results") -> Path:
+        """Write this frame to a new ``.xlsx`` safely: text stays text (``=1+1`` is never a
+        formula), control characters are removed, long text is cut visibly, atomically."""
+        if Path(path).suffix.lower() != ".xlsx":
+            raise ConfigError(
+                f"to_excel writes .xlsx files, not {Path(path).name}; see frame_batch.write_table"
+            )
+        return write_table(self._df, path, sheet_name=sheet_name)
 
     def plan(self, workflow: str, **options: Any) -> _run.PlanReport:
         """A dry run: rows cached, to submit, batches and requests. Sends nothing."""

@@ -1,8 +1,8 @@
-"""The ``frame-batch`` command line: ``demo`` and ``emulate`` (``run``, ``status``, ``cancel``
-follow with the Excel round trip).
+"""The ``frame-batch`` command line: ``run``, ``status``, ``cancel``, ``demo`` and ``emulate``.
 
-Exit codes: 0 success; 1 some rows failed; 2 the run failed (an error was raised);
-130 interrupted (Ctrl-C; the run is resumable).
+Exit codes: 0 every row succeeded; 1 the run finished but some rows did not succeed (failed,
+skipped, or left pending); 2 the run failed (an error was raised: bad input, bad key, the
+vendor refused); 130 interrupted (Ctrl-C; the run is resumable).
 """
 
 from __future__ import annotations
@@ -11,18 +11,21 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import errors
-
-EXIT_OK, EXIT_ROWS_FAILED, EXIT_RUN_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 130
+from . import _cli_run, errors
+from ._cli_run import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUN_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="frame-batch",
         description="Run AI-workflow bulk APIs over every row of a table.",
-        epilog="Exit codes: 0 ok, 1 some rows failed, 2 the run failed, 130 interrupted.",
+        epilog="Exit codes: 0 every row succeeded, 1 some rows failed (or were skipped or left "
+        "pending), 2 the run failed, 130 interrupted (run the same command again to resume).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _cli_run.add_run_parser(sub)
+    _cli_run.add_status_parser(sub)
+    _cli_run.add_cancel_parser(sub)
 
     demo = sub.add_parser(
         "demo",
@@ -73,12 +76,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             demo_main(args.out, provider=args.provider, latency=args.latency, progress=not args.no_progress)
             return EXIT_OK  # the demo's few failed rows are part of the show
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
         return _emulate(args)
     except errors.FrameBatchError as exc:
         print(f"frame-batch: error: {exc}", file=sys.stderr)
         return EXIT_RUN_FAILED
     except KeyboardInterrupt:
+        if args.command == "run":
+            print("interrupted: run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+COMMANDS = {
+    "run": _cli_run.run_command,
+    "status": _cli_run.status_command,
+    "cancel": _cli_run.cancel_command,
+}
 
 
 def _emulate(args: argparse.Namespace) -> int:

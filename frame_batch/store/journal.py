@@ -25,6 +25,7 @@ from pathlib import Path
 
 import orjson
 
+from .._types import BatchRef
 from ..errors import StoreError
 
 SCHEMA_VERSION = "1"
@@ -110,6 +111,29 @@ class Journal:
             (batch_id, scope, provider, workflow, fingerprint, orjson.dumps(keys), len(keys), now, now),
         )
 
+    def has(self, batch_id: str) -> bool:
+        found = self._db.execute("SELECT 1 FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+        return found is not None
+
+    def restore(
+        self,
+        batch_id: str,
+        keys: tuple[str, ...],
+        *,
+        state: str,
+        remote_id: str | None,
+        scope: str,
+        provider: str,
+        workflow: str,
+        fingerprint: str,
+    ) -> None:
+        """Record a batch known from a checkpoint (the cache was lost): ``submitted`` batches
+        are then polled and ``submitting`` ones reconciled, exactly as after a crash."""
+        if state not in ("submitting", "submitted"):
+            raise ValueError(f"only open batches are restored, not {state!r}")
+        self.begin(batch_id, keys, scope=scope, provider=provider, workflow=workflow, fingerprint=fingerprint)
+        self._set(batch_id, state, remote_id=remote_id)
+
     def staged(self, batch_id: str, staged_id: str) -> None:
         """Remember what was created before the paid request (state stays ``submitting``)."""
         self._set(batch_id, "submitting", remote_id=staged_id)
@@ -161,6 +185,14 @@ class Journal:
             )
             for r in rows
         ]
+
+    def in_flight(self) -> list[tuple[str, str, BatchRef]]:
+        """(provider, workflow, ref) of every ``submitted`` batch, any scope: for cancel."""
+        rows = self._db.execute(
+            "SELECT provider, workflow, batch_id, remote_id, keys FROM batches"
+            " WHERE state = 'submitted' AND remote_id IS NOT NULL ORDER BY created_at"
+        ).fetchall()
+        return [(r[0], r[1], BatchRef(r[2], r[3], tuple(orjson.loads(r[4])))) for r in rows]
 
     def possible_duplicates(self) -> set[str]:
         """Row keys whose create may have been paid more than once (any scope)."""
