@@ -241,3 +241,61 @@ def test_cancel_asks_the_vendor_to_stop_the_batches_in_flight(
         )
     assert emu.requests()["cancelBulk"] == 3
     assert "cancel 3 batches" in capsys.readouterr().out
+
+
+def _replace_sheet(path: Path, xml: bytes) -> Path:
+    """A real one-sheet workbook whose sheet XML is swapped for ``xml``."""
+    import zipfile
+
+    wb = openpyxl.Workbook()
+    wb.save(path)
+    with zipfile.ZipFile(path) as zf:
+        parts = {info.filename: zf.read(info) for info in zf.infolist()}
+    parts["xl/worksheets/sheet1.xml"] = xml
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in parts.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _sheet(body: str, prolog: str = "", dimension: str = "") -> bytes:
+    dim = f'<dimension ref="{dimension}"/>' if dimension else ""
+    ns = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    xml = (
+        f'<?xml version="1.0"?>{prolog}<worksheet xmlns="{ns}">{dim}<sheetData>{body}</sheetData></worksheet>'
+    )
+    return xml.encode()
+
+
+HOSTILE_FILES = {
+    "zip-bomb": lambda p: _replace_sheet(p / "bomb.xlsx", bytes(40 << 20)),
+    "entity-bomb": lambda p: _replace_sheet(
+        p / "laughs.xlsx",
+        _sheet(
+            '<row r="1"><c r="A1" t="inlineStr"><is><t>&a5;</t></is></c></row>',
+            prolog="<!DOCTYPE worksheet [<!ENTITY a0 'lol'>"
+            + "".join(f"<!ENTITY a{i} '{f'&a{i - 1};' * 10}'>" for i in range(1, 6))
+            + "]>",
+        ),
+    ),
+    "huge-dimension": lambda p: _replace_sheet(
+        p / "huge.xlsx",
+        _sheet('<row r="1"><c r="A1" t="inlineStr"><is><t>a</t></is></c></row>', dimension="A1:XFD1048576"),
+    ),
+    "not-utf8-csv": lambda p: (p / "latin.csv", (p / "latin.csv").write_bytes(b"name\nCaf\xe9 \xff\n"))[0],
+    "not-a-workbook": lambda p: (p / "text.xlsx", (p / "text.xlsx").write_text("just text"))[0],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_FILES))
+def test_hostile_files_are_a_clear_error_without_a_traceback(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = HOSTILE_FILES[kind](tmp_path)
+    code = main("run", path, "--provider", "vectorshift", "--workflow", PIPE, "--cache", tmp_path / "c")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("frame-batch: error:")
+    assert path.name in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "c").exists()  # refused before anything was set up
