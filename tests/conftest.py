@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,11 @@ import pytest
 import frame_batch
 from frame_batch import Respell, RetryPolicy
 from frame_batch.testing import RespellEmulator
+
+# A runner may start the suite with SIGINT ignored (a background job without job control).
+# Ignored SIGINT is inherited by child processes, so the Ctrl-C tests would wait for an
+# interrupt that never comes. A Python handler here is reset to the default in children.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SPELL = "clxdq2y1w008g2l7by88758uh"
 KEY = "test-key"
