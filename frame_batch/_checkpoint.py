@@ -68,7 +68,7 @@ class Checkpoint:
 
 class Checkpointer:
     """Hands checkpoints to ``write`` while a run goes: every ``every`` seconds, before a
-    create request leaves (``write_ahead``: the batch is in the checkpoint as ``submitting``
+    create request leaves (``sync``: the batch is in the checkpoint as ``submitting``
     before it can be paid), and once at the end. Writes run in a worker thread, one at a time;
     creates that wait together share one write (group commit)."""
 
@@ -89,7 +89,8 @@ class Checkpointer:
         self._started = 0  # writes started so far: a caller needs one that starts after it asks
         self.written = 0
 
-    async def before_create(self) -> None:
+    async def sync(self) -> None:
+        """Return once a checkpoint written after this call began is saved (shared by callers)."""
         need = self._started + 1
         async with self._lock:
             if self._started >= need:

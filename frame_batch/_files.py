@@ -19,10 +19,11 @@ into its vendor's shape (VectorShift: the ``file`` DataType, or a multipart part
   grows after ``stat`` cannot slip through). Each refusal is that row's error, with the reason.
 - A file must be a whole cell: bytes nested in a list or dict are refused like any bytes.
 
-Outputs. The adapter decodes a file output into a :class:`FileOutput`. Before results are
-stored, :func:`externalize` writes each one under ``<cache>/files/`` (content-addressed:
-``<sha256[:2]>/<sha256><ext>``, written atomically, a file already there is reused) and puts
-a stored marker ``{"$file": {"path", "sha256", "size", "name", "mime_type"}}`` in its place.
+Outputs. The adapter decodes a file output into a :class:`FileOutput`. When results are
+stored, :func:`file_saver` (the part writer's orjson ``default``) writes each one under
+``<cache>/files/`` (content-addressed: ``<sha256[:2]>/<sha256><ext>``, written atomically, a
+file already there is reused) and puts a stored marker
+``{"$file": {"path", "sha256", "size", "name", "mime_type"}}`` in its place.
 At join time :func:`FileReader` turns a stored marker into the file's absolute path (the
 default) or its bytes (``file_outputs="bytes"``).
 """
@@ -34,13 +35,13 @@ import hashlib
 import mimetypes
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import Any, Literal
+from typing import Literal
 
 from ._fs import atomic_write
-from ._types import FileOutput, RowResult
+from ._types import FileOutput
 from .errors import ConfigError
 
 FILE_MARK = "$file"
@@ -146,12 +147,12 @@ def _read_capped(path: Path, limit: int, shown: str) -> bytes:
             data = handle.read(limit + 1)  # one byte over tells "too big" without reading it all
     except OSError as exc:
         raise FileRejected(f"file {shown!r} cannot be read: {exc.strerror or exc}") from None
-    _check_size(len(data), limit, f"file {shown!r}", over=len(data) > limit)
+    _check_size(len(data), limit, f"file {shown!r}")
     return data
 
 
-def _check_size(size: int, limit: int, what: str, *, over: bool | None = None) -> None:
-    if over if over is not None else size > limit:
+def _check_size(size: int, limit: int, what: str) -> None:
+    if size > limit:
         raise FileRejected(
             f"{what} is larger than max_file_bytes={limit:,}; pass a larger max_file_bytes= to send it"
         )
@@ -164,35 +165,17 @@ def is_marker(value: object) -> bool:
 # --------------------------------------------------------------------------- outputs
 
 
-def externalize(results: list[RowResult], folder: Path) -> list[RowResult]:
-    """Results with every FileOutput written to ``folder`` and replaced by a stored marker."""
-    out: list[RowResult] = []
-    for result in results:
-        if result.outputs is None or not _holds_file(result.outputs):
-            out.append(result)
-            continue
-        out.append(replace(result, outputs=_swap(result.outputs, folder)))
-    return out
+def file_saver(folder: Path) -> Callable[[object], object]:
+    """An orjson ``default``: saves each FileOutput under ``folder``, writes a stored marker in
+    its place. orjson calls it only for values it cannot write itself, so outputs without
+    files cost nothing extra."""
 
+    def save(value: object) -> object:
+        if isinstance(value, FileOutput):
+            return {FILE_MARK: _save(value, folder)}
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-def _holds_file(value: object) -> bool:
-    if isinstance(value, FileOutput):
-        return True
-    if isinstance(value, dict):
-        return any(_holds_file(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds_file(v) for v in value)
-    return False
-
-
-def _swap(value: Any, folder: Path) -> Any:
-    if isinstance(value, FileOutput):
-        return {FILE_MARK: _save(value, folder)}
-    if isinstance(value, dict):
-        return {k: _swap(v, folder) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_swap(v, folder) for v in value]
-    return value
+    return save
 
 
 def _save(file: FileOutput, folder: Path) -> dict[str, object]:
@@ -213,10 +196,11 @@ def _save(file: FileOutput, folder: Path) -> dict[str, object]:
 
 def _suffix(file: FileOutput) -> str:
     """The extension to save under: the vendor's file name's, else one for its type."""
-    suffix = PurePath(file.name or "").suffix
-    if not _SAFE_SUFFIX.fullmatch(suffix):  # never trust a vendor's name with path parts
-        suffix = (mimetypes.guess_extension(file.mime_type or "") or "") if file.mime_type else ""
-    return suffix if _SAFE_SUFFIX.fullmatch(suffix) else ""
+    # Only a short alphanumeric extension is taken: never a vendor's name with path parts.
+    for suffix in (PurePath(file.name or "").suffix, mimetypes.guess_extension(file.mime_type or "") or ""):
+        if _SAFE_SUFFIX.fullmatch(suffix):
+            return suffix
+    return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +224,6 @@ class FileReader:
 
 
 def check_file_outputs(mode: object) -> FileOutputs:
-    if mode not in ("path", "bytes"):
-        raise ConfigError(f"file_outputs must be 'path' or 'bytes', not {mode!r}")
-    return "path" if mode == "path" else "bytes"
+    if mode == "path" or mode == "bytes":
+        return mode
+    raise ConfigError(f"file_outputs must be 'path' or 'bytes', not {mode!r}")

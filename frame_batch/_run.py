@@ -328,7 +328,7 @@ def run(
                 # an upper bound before (rows not yet planned count as needing one).
                 total=lambda: len(in_flight) + len(state.planned) + (len(df) - state.rows),
                 sizer=sizer,
-                checkpoint=None if saver is None else saver.before_create,
+                checkpoint=None if saver is None else saver.sync,
             )
             try:
                 refs = await engine.prepare(store.journal.open_batches(setup.scope_id))

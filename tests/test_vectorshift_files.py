@@ -199,3 +199,15 @@ def test_a_symlinked_root_is_resolved_before_comparing(tmp_path: Path) -> None:
     emu = VectorShiftEmulator(pipelines={PIPE: pipeline})
     out = run(pd.DataFrame({"doc": [Path("a.txt")]}), emu, tmp_path, file_root=tmp_path / "alias").frame
     assert out["size"].tolist() == [3.0]
+
+
+def test_background_runs_send_files_as_multipart_and_save_file_outputs(tmp_path: Path) -> None:
+    """mode="background": a file input goes as an ``inputs.<name>`` part; its output is saved."""
+    emu = VectorShiftEmulator(pipelines={PIPE: pipeline})
+    seen: list[httpx.Request] = []
+    df = pd.DataFrame({"doc": [b"first", b"second"]})
+    out = run(df, emu, tmp_path, transport=recording(emu, seen), mode="background", poll_interval=0.02).frame
+    starts = [r for r in seen if r.url.path.endswith("/run")]
+    assert len(starts) == 2
+    assert all(b'name="inputs.doc"' in r.content for r in starts)
+    assert [Path(p).read_bytes() for p in out["report"]] == [b"report:first", b"report:second"]

@@ -206,31 +206,33 @@ class VectorShift:
 
     def _single_body(self, run: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
         """A background run: JSON, or multipart with ``inputs`` JSON and ``inputs.<name>`` parts."""
-        files = []
-        if self.files_as == "multipart":
-            names = [n for n, v in run["inputs"].items() if _is_file(v)]
-            files = [(f"inputs.{n}", _part(run["inputs"].pop(n), n)) for n in names]
+        files = self._take_files(run["inputs"], "inputs.")
         if not files:
             return orjson.dumps({**run, "background": True}), {}
         fields = {"inputs": orjson.dumps(run["inputs"]).decode(), "background": "true"}
         if "conversation_id" in run:
             fields["conversation_id"] = run["conversation_id"]
-        request = httpx.Request("POST", "/", data=fields, files=files)
-        return request.read(), {"content-type": request.headers["content-type"]}
+        return _multipart(fields, files)
 
     def _body(self, runs: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
         """JSON, or multipart/form-data with the docs' part names when a run holds a file:
         field ``runs`` (the JSON without the files) and one part ``runs.<i>.inputs.<name>``
         per file input."""
-        files: list[tuple[str, tuple[str, bytes, str]]] = []
-        if self.files_as == "multipart":
-            for i, run in enumerate(runs):
-                for name in [n for n, v in run["inputs"].items() if _is_file(v)]:
-                    files.append((f"runs.{i}.inputs.{name}", _part(run["inputs"].pop(name), name)))
+        files = [
+            part
+            for i, run in enumerate(runs)
+            for part in self._take_files(run["inputs"], f"runs.{i}.inputs.")
+        ]
         if not files:
             return orjson.dumps({"runs": runs}), {}
-        request = httpx.Request("POST", "/", data={"runs": orjson.dumps(runs).decode()}, files=files)
-        return request.read(), {"content-type": request.headers["content-type"]}
+        return _multipart({"runs": orjson.dumps(runs).decode()}, files)
+
+    def _take_files(self, inputs: dict[str, Any], prefix: str) -> list[tuple[str, tuple[str, bytes, str]]]:
+        """Move the file inputs out of ``inputs`` into multipart parts (none with files_as="json")."""
+        if self.files_as != "multipart":
+            return []
+        names = [name for name, value in inputs.items() if _is_file(value)]
+        return [(prefix + name, _part(inputs.pop(name), name)) for name in names]
 
     def _run(self, payload: bytes) -> dict[str, Any]:
         inputs = orjson.loads(payload)
@@ -320,6 +322,14 @@ def _file_datatype(marker: dict[str, object]) -> dict[str, object]:
 
 def _is_file(value: object) -> bool:
     return isinstance(value, dict) and value.get("type") == "file" and "raw_bytes" in value
+
+
+def _multipart(
+    fields: dict[str, str], files: list[tuple[str, tuple[str, bytes, str]]]
+) -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body and its content type, encoded by httpx."""
+    request = httpx.Request("POST", "/", data=fields, files=files)
+    return request.read(), {"content-type": request.headers["content-type"]}
 
 
 def _part(value: dict[str, Any], input_name: str) -> tuple[str, bytes, str]:

@@ -26,7 +26,6 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._files import externalize
 from .._types import RowResult
 from ..errors import StoreError
 from .journal import Journal, JournalBatch
@@ -51,7 +50,7 @@ class Store:
                 f"cannot create the cache directory {root}: {exc}; pass cache=<a writable dir>"
             ) from None
         self.journal = Journal(root / "journal.sqlite3")
-        self.parts = PartStore(root / "results")
+        self.parts = PartStore(root / "results", files=root / "files")
         self._lock_fd: int | None = None
         self.parts_written = 0  # by this process: tells a reader whether its table is stale
 
@@ -110,13 +109,13 @@ class Store:
 
     def write_results(self, scope: str, batch_id: str, results: list[RowResult]) -> None:
         """Persist a collected batch, then mark it collected (that order: see parts.py)."""
-        self.parts.write(scope, batch_id, externalize(results, self.files))
+        self.parts.write(scope, batch_id, results)
         self.parts_written += 1
         self.journal.collected(batch_id)
 
     def write_partial(self, scope: str, batch_id: str, part: int, results: list[RowResult]) -> None:
         """Persist some rows of a batch that is still open (it stays ``submitted``)."""
-        self.parts.write(scope, f"{batch_id}.{part}", externalize(results, self.files))
+        self.parts.write(scope, f"{batch_id}.{part}", results)
         self.parts_written += 1
 
     def done_keys(

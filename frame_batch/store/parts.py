@@ -15,13 +15,14 @@ on shared storage (fsspec-style URLs) only has to provide the same three methods
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._files import file_saver
 from .._fs import atomic_write
 from .._types import RowResult
 
@@ -41,8 +42,9 @@ RESULT_SCHEMA = pa.schema(
 class PartStore:
     """The directory of result parts."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, files: Path) -> None:
         self.root = root
+        self.files = files  # file outputs are saved here before the part that names them
 
     def write(self, scope: str, batch_id: str, results: Sequence[RowResult]) -> Path:
         """Write one batch's results durably; return the part's path."""
@@ -50,7 +52,7 @@ class PartStore:
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"part-{batch_id}.parquet"
         with atomic_write(final) as handle:
-            pq.write_table(_to_table(batch_id, results), handle, compression="zstd")
+            pq.write_table(_to_table(batch_id, results, file_saver(self.files)), handle, compression="zstd")
         return final
 
     def read(self, scope: str, columns: Sequence[str] | None = None) -> pa.Table:
@@ -71,9 +73,14 @@ class PartStore:
         return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
 
-def _to_table(batch_id: str, results: Sequence[RowResult]) -> pa.Table:
+def _to_table(batch_id: str, results: Sequence[RowResult], save: Callable[[object], object]) -> pa.Table:
     now = time.time()
-    outputs = [None if r.outputs is None else orjson.dumps(r.outputs).decode() for r in results]
+    # FileOutput is a dataclass: passed through to ``save`` rather than serialized as a dict.
+    option = orjson.OPT_PASSTHROUGH_DATACLASS
+    outputs = [
+        None if r.outputs is None else orjson.dumps(r.outputs, default=save, option=option).decode()
+        for r in results
+    ]
     return pa.table(
         {
             "key": [r.key for r in results],
