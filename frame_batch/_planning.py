@@ -12,6 +12,9 @@ Rules, in order:
    frame never sit in memory at once.
 6. ``max_rows`` may be a ``BatchSizer`` the engine adapts while the run goes: a batch takes
    the size current when it is formed, which is just before it is sent.
+7. A ``Budget`` (the run's ``max_rows=``/``max_cost=``) admits rows until the next one would
+   pass a limit; from then on no row is planned. Rows held back keep their key and no
+   result: they are pending, and the next run plans them like any other.
 """
 
 from __future__ import annotations
@@ -64,6 +67,40 @@ class BatchSizer:
 
 
 @dataclass(slots=True)
+class Budget:
+    """What one run may send: at most ``max_rows`` new rows and ``max_cost`` estimated cost.
+
+    ``cost_of`` estimates one row's cost from its payload (None: unknown). ``spent`` and
+    ``costed`` add up the estimates of admitted rows whose cost was known.
+    """
+
+    max_rows: int | None = None
+    max_cost: float | None = None
+    cost_of: Callable[[bytes], float | None] | None = None
+    rows: int = 0
+    spent: float = 0.0
+    costed: int = 0
+    stopped: str | None = None  # the limit that stopped planning, e.g. "max_rows=100"
+
+    def admit(self, payload: bytes) -> bool:
+        if self.stopped is not None:
+            return False  # stop at the limit: later rows wait for the next run, in order
+        if self.max_rows is not None and self.rows >= self.max_rows:
+            self.stopped = f"max_rows={self.max_rows}"
+            return False
+        cost = self.cost_of(payload) if self.cost_of is not None else None
+        if self.max_cost is not None and (cost is None or self.spent + cost > self.max_cost * (1 + 1e-9)):
+            unknown = " (the next row's cost is unknown)" if cost is None else ""
+            self.stopped = f"max_cost={self.max_cost:g}{unknown}"
+            return False
+        self.rows += 1
+        if cost is not None:
+            self.spent += cost
+            self.costed += 1
+        return True
+
+
+@dataclass(slots=True)
 class PlanState:
     """What planning learned about every row while streaming batches out."""
 
@@ -71,6 +108,7 @@ class PlanState:
     errors: dict[int, str] = field(default_factory=dict)  # position -> reason for skipping
     cached: int = 0  # rows whose key already had a stored result
     in_flight: int = 0  # rows whose key is in a batch submitted by an earlier run
+    held: int = 0  # rows not sent because the budget (max_rows=/max_cost=) was reached
     planned: set[str] = field(default_factory=set)  # unique keys sent (or to send) this run
     batches: int = 0
 
@@ -89,6 +127,7 @@ def plan_batches(
     max_bytes: int,
     state: PlanState,
     max_chars: int | None = None,
+    budget: Budget | None = None,
 ) -> Iterator[Batch]:
     """Yield batches of rows to submit; fill ``state`` with every row's key and fate."""
     fixed = max_rows if isinstance(max_rows, int) else 0
@@ -116,6 +155,9 @@ def plan_batches(
             if too_big is not None:
                 state.errors[len(state.keys) - 1] = too_big
                 state.keys[-1] = None
+                continue
+            if budget is not None and not budget.admit(payload):
+                state.held += 1
                 continue
             if keys and (len(keys) >= rows_limit() or size + len(payload) > max_bytes):
                 yield _batch(keys, payloads, state)

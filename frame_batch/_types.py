@@ -142,7 +142,7 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class RunSummary:
     """What a run did, in counts. Returned next to the frame by ``frame_batch.run``."""
 
@@ -161,6 +161,8 @@ class RunSummary:
     elapsed_s: float
     cache_dir: str | None
     notes: tuple[str, ...] = field(default=())
+    errors: tuple[tuple[str, int], ...] = field(default=())  # the commonest failure reasons, counted
+    estimated_cost: float | None = None  # of the rows this run sent, when a price was known
 
     @property
     def complete(self) -> bool:
@@ -183,4 +185,73 @@ class RunSummary:
         parts.append(f"{self.create_requests} create requests")
         if self.possibly_duplicated:
             parts.append(f"{self.possibly_duplicated} possibly paid twice")
-        return ", ".join(parts) + f" in {self.elapsed_s:.1f}s"
+        return ", ".join(parts) + f" in {self.elapsed_s:.1f}s" + "".join(f"\n  note: {n}" for n in self.notes)
+
+    def __repr__(self) -> str:
+        return f"<RunSummary: {self}>"
+
+    def _repr_html_(self) -> str:
+        from ._display import summary_html
+
+        return summary_html(self)
+
+
+JobState = Literal["starting", "running", "finished", "failed", "cancelled"]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class JobStatus:
+    """Where a background ``Job`` is: counts, speed, and time left. Returned by ``job.status()``."""
+
+    state: JobState
+    rows: int  # rows in the frame
+    to_run: int  # rows needing a remote result this run (after the cache and duplicates)
+    done: int  # of those, rows with a result
+    failed: int
+    cached: int  # rows answered from the cache (planned so far)
+    batches_in_flight: int
+    elapsed_s: float
+    rows_per_s: float | None  # results per second since the job started
+    eta_s: float | None
+    error: str | None = None  # why the job failed
+
+    @property
+    def succeeded(self) -> int:
+        return self.done - self.failed
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.to_run - self.done)
+
+    def __str__(self) -> str:
+        text = f"{self.state}: {self.done:,}/{self.to_run:,} rows done"
+        if self.failed:
+            text += f" ({self.failed:,} failed)"
+        if self.cached:
+            text += f", {self.cached:,} from cache"
+        if self.state == "running":
+            text += f", {self.batches_in_flight} batches in flight"
+            if self.rows_per_s:
+                text += f", {self.rows_per_s:,.1f} rows/s"
+            if self.eta_s is not None:
+                text += f", about {_duration(self.eta_s)} left"
+        text += f" ({_duration(self.elapsed_s)} elapsed)"
+        if self.error:
+            text += f"; error: {self.error}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"<JobStatus: {self}>"
+
+    def _repr_html_(self) -> str:
+        from ._display import status_html
+
+        return status_html(self)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import _run
+from . import _job, _run
 from .errors import ConfigError
 from .tables import write_table
 
@@ -43,6 +43,15 @@ class BulkAccessor:
             )
         return write_table(self._df, path, sheet_name=sheet_name)
 
+    def submit(self, workflow: str, **options: Any) -> _job.Job:
+        """Start the run in the background and return its ``Job`` at once (works inside
+        Jupyter's running loop). Running the same cell again returns the same job."""
+        return _job.submit(self._df, workflow, **options)
+
     def plan(self, workflow: str, **options: Any) -> _run.PlanReport:
-        """A dry run: rows cached, to submit, batches and requests. Sends nothing."""
+        """A dry run: rows cached, to submit, batches, requests and estimated cost. Sends nothing."""
         return _run.plan(self._df, workflow, **options)
+
+    def preview(self, workflow: str, *, n: int = 5, **options: Any) -> pd.DataFrame:
+        """Run the first ``n`` rows only (stored: the full run does not pay for them again)."""
+        return _run.preview(self._df, workflow, n=n, **options)

@@ -43,6 +43,10 @@ class Provider(Protocol):
         """Column types and hidden outputs for the join (empty when the vendor has no schema)."""
         ...
 
+    def row_cost(self, workflow: str, payload: bytes) -> float | None:
+        """The vendor's price for one row (its canonical JSON input), or None when unknown."""
+        ...
+
     async def stage(self, api: ApiClient, workflow: str, batch: Batch) -> str | None:
         """Create what the paid request needs first (not paid); its id, or None."""
         ...

@@ -58,6 +58,12 @@ from .._types import (
 
 log = logging.getLogger("frame_batch")
 
+_BASE_PRICES = {"lite": 0.005, "base": 0.01, "core": 0.025, "core2x": 0.05, "pro": 0.1, "ultra": 0.3}
+_BASE_PRICES |= {"ultra2x": 0.6, "ultra4x": 1.2, "ultra8x": 2.4}
+LIST_PRICES = {**_BASE_PRICES, **{f"{name}-fast": price for name, price in _BASE_PRICES.items()}}
+"""USD per run by processor (Parallel's published prices per 1,000 runs, / 1,000; "-fast"
+variants cost the same). Used for ``plan()`` estimates and ``max_cost=``; the invoice is the truth."""
+
 DEFAULT_BASE_URL = "https://api.parallel.ai"
 ROW_TAG = "fb_row"  # metadata keys are at most 16 characters; values at most 512
 MAX_RUNS_PER_REQUEST = 1000
@@ -175,6 +181,14 @@ class Parallel:
     def scope(self, workflow: str) -> tuple[str, str, str]:
         # The processor and the task spec change what a row's answer means: part of the key.
         return (self.name, workflow, fingerprint(self.processor, orjson.dumps(self._task_spec).decode()))
+
+    def row_cost(self, workflow: str, payload: bytes) -> float | None:
+        """The published price of the row's processor (USD per run); None if not listed."""
+        processor = self.processor
+        if self.processor_input is not None:
+            own = self._own_processor(payload)[1]
+            processor = orjson.loads(own) if own is not None else processor
+        return LIST_PRICES.get(processor)
 
     def output_shape(self, workflow: str) -> OutputShape:
         return OutputShape(types=self.schema.types, hidden=() if self.basis else ("basis",))

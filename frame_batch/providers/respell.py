@@ -88,6 +88,9 @@ class Respell:
     def scope(self, workflow: str) -> tuple[str, str, str]:
         return (self.name, workflow, self.version)
 
+    def row_cost(self, workflow: str, payload: bytes) -> float | None:
+        return None  # Respell publishes no per-run price in its API: give cost_per_row= instead
+
     def output_shape(self, workflow: str) -> OutputShape:
         return OutputShape()  # spells declare no output types: pandas infers them
 

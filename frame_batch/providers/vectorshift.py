@@ -172,6 +172,9 @@ class VectorShift:
     def scope(self, workflow: str) -> tuple[str, str, str]:
         return (self.name, workflow, self.version)
 
+    def row_cost(self, workflow: str, payload: bytes) -> float | None:
+        return None  # VectorShift publishes no per-run price in its API: give cost_per_row= instead
+
     def output_shape(self, workflow: str) -> OutputShape:
         return OutputShape()  # pipelines declare no output types to the API: pandas infers
 

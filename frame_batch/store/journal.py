@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS batches (
     note        TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_scope_state ON batches (scope, state);
+CREATE TABLE IF NOT EXISTS spend (
+    scope     TEXT NOT NULL,
+    n_rows    INTEGER NOT NULL,
+    cost      REAL NOT NULL,
+    noted_at  REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS possible_duplicates (
     row_key   TEXT NOT NULL,
     batch_id  TEXT NOT NULL,
@@ -193,6 +199,21 @@ class Journal:
             " WHERE state = 'submitted' AND remote_id IS NOT NULL ORDER BY created_at"
         ).fetchall()
         return [(r[0], r[1], BatchRef(r[2], r[3], tuple(orjson.loads(r[4])))) for r in rows]
+
+    def record_spend(self, scope: str, rows: int, cost: float) -> None:
+        """Remember what ``rows`` rows sent by one run were estimated to cost (plan's history)."""
+        if rows > 0:
+            self._db.execute(
+                "INSERT INTO spend (scope, n_rows, cost, noted_at) VALUES (?, ?, ?, ?)",
+                (scope, rows, cost, time.time()),
+            )
+
+    def spend(self, scope: str) -> tuple[int, float]:
+        """(rows, cost) recorded for this scope so far."""
+        rows, cost = self._db.execute(
+            "SELECT COALESCE(SUM(n_rows), 0), COALESCE(SUM(cost), 0.0) FROM spend WHERE scope = ?", (scope,)
+        ).fetchone()
+        return int(rows), float(cost)
 
     def possible_duplicates(self) -> set[str]:
         """Row keys whose create may have been paid more than once (any scope)."""
