@@ -62,6 +62,7 @@ class Job:
         self._state: JobState = "starting"
         self._ended_as = ended_as  # a job only shown (attach): the state its record gives
         self._cancel_asked = False
+        self._partial: pd.DataFrame | None = None  # a failed job's rows so far
         self._lock = threading.Lock()  # snapshot vs the end of the run (a temporary cache is deleted)
         self._callback = None if isinstance(progress, bool) else progress
         self._bar = (
@@ -216,8 +217,11 @@ class Job:
 
     def result(self) -> pd.DataFrame:
         """The final frame once the job ended; until then the frame so far (unfinished rows
-        are ``pending``). A failed job re-raises its error."""
+        are ``pending``). A failed job gives the rows it stored before it failed (``wait()``
+        re-raises its error)."""
         if self._future.done():
+            if self._future.exception() is not None and self._partial is not None:
+                return self._partial
             return self._future.result().frame
         with self._lock:
             if not self._future.done():

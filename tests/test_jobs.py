@@ -159,13 +159,20 @@ def test_cancel_stops_submitting_and_leaves_the_store_resumable(tmp_path: Path) 
 
 
 def test_a_failed_job_reraises_and_keeps_the_partial_frame(tmp_path: Path) -> None:
-    emu = RespellEmulator(api_keys={"other-key"})
-    job = topics(5).bulk.submit(SPELL, **options(tmp_path, emu))
+    """A run error (here a revoked key after the first batches) re-raises from wait(); result()
+    still gives the rows stored before it."""
+    emu = RespellEmulator()
+    df = topics(20)
+    frame_batch.run(df.head(10), SPELL, **options(tmp_path, emu))  # stored by an earlier run
+    emu_refusing = RespellEmulator(api_keys={"other-key"})
+    job = df.bulk.submit(SPELL, **options(tmp_path, emu_refusing))
     with pytest.raises(errors.AuthenticationError):
         job.wait(timeout=30)
     assert job.status().state == "failed"
     assert "key" in (job.status().error or "")
     assert "failed" in repr(job)
+    partial = job.result()
+    assert partial["bulk_status"].value_counts().to_dict() == {"succeeded": 10, "pending": 10}
 
 
 def test_status_repr_and_html_show_progress_and_errors_by_kind(tmp_path: Path) -> None:
