@@ -109,7 +109,7 @@ class Session:
         )
         if self.options.max_cost is not None:
             self.costs.require()
-        self.budget = Budget(self.options.max_rows, self.options.max_cost, self.costs)
+        self.budget = Budget(self.options.max_rows, self.options.max_cost, self._cost_of())
         write = self.options.checkpoint
         self.saver = (
             None
@@ -125,6 +125,14 @@ class Session:
                 self.options.checkpoint_every,
             )
         )
+
+    def _cost_of(self) -> CostModel | None:
+        """Price rows only when a price can exist: asking costs ~1 µs a row for nothing."""
+        given = self.options.cost_per_row is not None or self.options.max_cost is not None
+        listed = self.setup.provider.row_cost(self.setup.workflow, b"{}") is not None
+        if given or listed or self.costs.history_per_row is not None:
+            return self.costs
+        return None
 
     # -- running ----------------------------------------------------------------------
     async def execute(self) -> Outcome:

@@ -141,6 +141,9 @@ def _require_loopback(host: str) -> None:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client thread must never keep the process alive
+    # The stock backlog of 5 overflows when 16+ clients connect at once: connections reset
+    # before a request is read would look like vendor faults nobody injected.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], handler: Handler, family: socket.AddressFamily) -> None:
         self.address_family = family
@@ -185,6 +188,9 @@ class _Server(ThreadingHTTPServer):
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as real vendors do
+    # Headers and body go out in two sends; with Nagle on, every answer waited ~40 ms for
+    # the client's delayed ACK, so latency measured the emulator, not the vendor's knobs.
+    disable_nagle_algorithm = True
     timeout = _IDLE_TIMEOUT
     server: _Server
 

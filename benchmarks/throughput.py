@@ -1,0 +1,161 @@
+"""Throughput efficiency over a grid of batch size B and concurrency C, with latency L = 200 ms.
+
+    .venv/bin/python -m benchmarks --only throughput
+
+Efficiency = succeeded rows/s (wall time of the whole ``frame_batch.run`` call, join
+included) / min(C * B / L, the vendor's rate limit); the Respell emulator has no rate
+limit, so the bound is C * B / L. Every batch takes L: the emulator's ``latency=0.2`` (runs
+finish 200 ms after their bulkStart). Each cell runs a whole number of rounds (about 20
+batches per in-flight slot, fewer for the largest cells) against a fresh emulator process.
+Polls: ``poll_interval=0.02`` (L / 10). The grid runs twice: clean (20 rounds), and with
+5% 5xx + 5% 429 injected on every request kind (10 rounds, at least 30 batches per cell;
+``Faults(rate_5xx=0.05, rate_429=0.05, on="all")``, the 429s saying ``Retry-After: 1``,
+the emulator's default).
+A full run also sweeps the poll interval at the target cell (B=100, C=16), and runs that
+cell under fault variants (one knob changed at a time) to show which fault costs what, and
+once against the stock emulator (no socket tuning, see ``_emulator.py``).
+The emulator is a ThreadingHTTPServer: ``server_busy`` near 1.0 means it was the bottleneck
+(one core at most, GIL); ``client_busy`` near 1.0 means the client was.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import frame_batch
+from benchmarks._common import API_KEY, WORKFLOW, Json, clocked, make_frame, run_worker, scratch_dir
+from benchmarks._emulator import EmulatorProcess
+
+LATENCY = 0.2
+POLL_INTERVAL = 0.02  # L / 10: a finished batch waits ~10 ms for its poll on average
+SWEEP = (0.005, 0.01, 0.02, 0.05, 0.1)  # poll intervals tried at B=100, C=16 (full run only)
+BATCH_SIZES = (10, 100, 1000)
+IN_FLIGHT = (1, 4, 16)
+FAULTS: Json = {"rate_5xx": 0.05, "rate_429": 0.05, "on": "all", "retry_after": 1.0}
+FAULT_VARIANTS: list[Json] = [  # the target cell again, one fault knob changed at a time (full run only)
+    {**FAULTS, "on": "creates"},
+    {**FAULTS, "on": "reads"},
+    {**FAULTS, "retry_after": 0.2},
+    {**FAULTS, "rate_429": 0.0},
+    {**FAULTS, "rate_5xx": 0.0},
+]
+MAX_ROWS_PER_CELL = 200_000
+BUSY = 0.8  # a process using this much of a core over the cell is (mostly) its bottleneck
+
+
+def suite(quick: bool) -> Json:
+    in_flight = [1, 16] if quick else list(IN_FLIGHT)
+    answer: Json = {
+        "clean": run_worker(grid, rounds=5 if quick else 20, in_flight=in_flight, faults=None),
+        "faults": run_worker(
+            grid,
+            rounds=3 if quick else 10,
+            in_flight=in_flight,
+            faults=FAULTS,
+            min_batches=0 if quick else 30,
+        ),
+    }
+    if not quick:
+        answer["poll_sweep"] = run_worker(sweep, polls=list(SWEEP), rounds=20)
+        answer["fault_sweep"] = run_worker(fault_sweep, variants=FAULT_VARIANTS, rounds=10)
+        answer["stock_emulator"] = run_worker(stock_cell, rounds=20)
+    return answer
+
+
+def grid(rounds: int, in_flight: list[int], faults: Json | None, min_batches: int = 0) -> Json:
+    """Every (B, C) cell, in this process, each against a fresh emulator; with faults, at
+    least ``min_batches`` batches per cell (fault delays vary a lot from batch to batch)."""
+    cells = [cell(b, c, max(rounds, -(-min_batches // c)), faults) for b in BATCH_SIZES for c in in_flight]
+    return {"latency_s": LATENCY, "poll_interval_s": POLL_INTERVAL, "faults": faults, "cells": cells}
+
+
+def sweep(polls: list[float], rounds: int) -> Json:
+    """The target cell (B=100, C=16, no faults) at several poll intervals."""
+    return {"cells": [{"poll_interval_s": poll, **cell(100, 16, rounds, None, poll)} for poll in polls]}
+
+
+def fault_sweep(variants: list[Json], rounds: int) -> Json:
+    """The target cell (B=100, C=16) under each fault variant: what costs the most."""
+    return {"cells": [{"faults": faults, **cell(100, 16, rounds, faults)} for faults in variants]}
+
+
+def stock_cell(rounds: int) -> Json:
+    """The target cell against the emulator exactly as the test suite serves it (no socket tuning)."""
+    return {"cells": [cell(100, 16, rounds, None, tuned=False)]}
+
+
+def cell(
+    batch_size: int,
+    in_flight: int,
+    rounds: int,
+    faults: Json | None,
+    poll: float = POLL_INTERVAL,
+    *,
+    tuned: bool | None = None,
+) -> Json:
+    """One run of ``rounds * C * B`` rows (capped at a whole number of rounds)."""
+    rounds = max(3, min(rounds, MAX_ROWS_PER_CELL // (batch_size * in_flight)))
+    rows = rounds * batch_size * in_flight
+    df = make_frame(rows)
+    knobs: Json = {"latency": LATENCY, **({"faults": faults} if faults else {})}
+    gc.collect()
+    with EmulatorProcess("respell", tuned=tuned, **knobs) as emulator, scratch_dir() as cache:
+        before = emulator.stats()
+        with clocked() as clock:
+            options = _options(emulator.url, batch_size, in_flight, poll)
+            result = frame_batch.run(df, WORKFLOW, cache=cache, **options)
+        after = emulator.stats()
+    return _cell_report(batch_size, in_flight, rows, result, clock.cpu_s, clock.wall_s, before, after)
+
+
+def _options(url: str, batch_size: int, in_flight: int, poll: float) -> Json:
+    return {
+        "provider": frame_batch.Respell(base_url=url, api_key=API_KEY),
+        "batch_size": batch_size,
+        "max_in_flight": in_flight,
+        "poll_interval": poll,
+        "progress": False,
+    }
+
+
+def _cell_report(
+    batch_size: int, in_flight: int, rows: int, result: Any, cpu: float, wall: float, before: Any, after: Any
+) -> Json:
+    summary = result.summary
+    rate = summary.succeeded / wall
+    bound = in_flight * batch_size / LATENCY
+    client_busy = cpu / wall
+    server_busy = (after.cpu_s - before.cpu_s) / (after.wall_s - before.wall_s)
+    requests = _delta(before.requests, after.requests)
+    creates = after.create_requests - before.create_requests
+    return {
+        "batch_size": batch_size,
+        "in_flight": in_flight,
+        "rows": rows,
+        "succeeded": summary.succeeded,
+        "wall_s": round(wall, 2),
+        "rows_per_s": round(rate, 1),
+        "bound_rows_per_s": round(bound, 1),
+        "efficiency": round(rate / bound, 3),
+        "client_busy": round(client_busy, 2),
+        "server_busy": round(server_busy, 2),
+        "bottleneck": _bottleneck(client_busy, server_busy),
+        "client_cpu_us_per_row": round(cpu / rows * 1e6, 1),
+        "create_requests": creates,
+        "polls_per_batch": round(requests.get("getBulkRuns", 0) / max(1, creates), 1),
+        "requests": requests,
+        "possibly_duplicated": summary.possibly_duplicated,
+    }
+
+
+def _bottleneck(client: float, server: float) -> str:
+    if server >= BUSY:
+        return "emulator CPU"
+    if client >= BUSY:
+        return "client CPU"
+    return "latency+polls"
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {name: count - before.get(name, 0) for name, count in after.items() if count - before.get(name, 0)}
