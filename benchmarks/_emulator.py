@@ -11,20 +11,18 @@ stdin/stdout one JSON line at a time) so that the client's CPU time
 Knobs are the emulator's own keyword arguments; ``faults=`` takes the keyword arguments of
 ``frame_batch.testing.Faults`` as a dict (so the spec can cross the process boundary).
 
-Socket tuning (``tuned=True``, the default): in the server process only, the stdlib's
-``socketserver`` defaults are changed before the emulator's server is built, because they
-measure the server rather than the client:
+Socket settings: the emulator's server (``frame_batch.testing._server``) sets TCP_NODELAY
+on its answers and a listen backlog of 128, because the stdlib defaults measure the server
+rather than the client:
 
-- ``StreamRequestHandler.disable_nagle_algorithm = True``: the emulator writes an answer's
-  headers and body in two ``send`` calls; with Nagle on, the body waits for the client's
-  delayed ACK, about 40 ms per answer on Linux loopback (measured: a 100-run
-  ``getBulkRuns`` answer takes 44 ms stock, 0.9 ms with TCP_NODELAY).
-- ``TCPServer.request_queue_size = 128`` (stock: 5): 16+ connections opened at once
-  overflow a backlog of 5 (``ListenOverflows`` in ``/proc/net/netstat``); the client then
-  sees stalled or reset connections.
+- Nagle on: the emulator writes an answer's headers and body in two ``send`` calls, and the
+  body waits for the client's delayed ACK, about 40 ms per answer on Linux loopback
+  (measured: a 100-run ``getBulkRuns`` answer takes 44 ms with Nagle, 0.9 ms without).
+- A backlog of 5: 16+ connections opened at once overflow it (``ListenOverflows`` in
+  ``/proc/net/netstat``); the client then sees stalled or reset connections.
 
-``tuned=False`` (``--stock-emulator``, or ``$FB_BENCH_STOCK_EMULATOR`` set) serves the emulator
-exactly as the test suite does.
+``tuned=False`` (``--stock-emulator``, or ``$FB_BENCH_STOCK_EMULATOR`` set) puts the stdlib
+defaults back in the server process, to compare.
 """
 
 from __future__ import annotations
@@ -44,7 +42,6 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 STOCK_ENV = "FB_BENCH_STOCK_EMULATOR"  # set (by --stock-emulator): no socket tuning
 START_TIMEOUT = 60.0
-SERVER_BACKLOG = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,9 +111,13 @@ class EmulatorProcess:
 
 
 def _serve(spec: dict[str, Any], commands: IO[str], answers: IO[str]) -> None:
-    if spec["tuned"]:
-        socketserver.StreamRequestHandler.disable_nagle_algorithm = True
-        socketserver.TCPServer.request_queue_size = SERVER_BACKLOG
+    if not spec["tuned"]:
+        from frame_batch.testing import _server
+
+        _server._RequestHandler.disable_nagle_algorithm = (
+            socketserver.StreamRequestHandler.disable_nagle_algorithm
+        )
+        _server._Server.request_queue_size = socketserver.TCPServer.request_queue_size
     emulator = _build(spec["vendor"], spec["options"])
     started = time.perf_counter()
     with emulator.serve() as handle:
