@@ -31,7 +31,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from ._join import join_results
+from ._join import join_results, with_pending
 from ._planning import PlanState
 from ._types import OutputShape, RowResult
 from .store import JournalBatch, Store
@@ -135,7 +135,7 @@ class Checkpointer:
         errors: dict[int, str],
         final: bool,
     ) -> None:
-        padded: list[str | None] = [*keys, *[""] * (len(self._frame) - len(keys))]  # unplanned: pending
+        padded = with_pending(keys, len(self._frame))
         frame, _ = join_results(self._frame, padded, errors, stored, self._shape, files=self._files)
         self._write(Checkpoint(frame, state_table(stored, open_batches), final))
 

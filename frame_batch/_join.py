@@ -33,6 +33,12 @@ from ._types import OutputShape
 STATUS_COLUMNS = ("bulk_status", "bulk_error", "bulk_run_id")
 
 
+def with_pending(keys: Sequence[str | None], rows: int) -> list[str | None]:
+    """Keys for all ``rows`` of a frame planned only up to ``len(keys)``: the rest get a key
+    no result has (""), so they join as ``pending``."""
+    return [*keys, *[""] * (rows - len(keys))]
+
+
 def join_results(
     df: pd.DataFrame,
     keys: Sequence[str | None],

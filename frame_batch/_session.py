@@ -30,7 +30,7 @@ from ._cost import CostModel, check_cost_options
 from ._engine import Engine, EngineOptions, EngineReport, RunContext
 from ._files import FileReader, check_file_outputs
 from ._http import ApiClient
-from ._join import join_results
+from ._join import join_results, with_pending
 from ._keys import fingerprint
 from ._planning import BatchSizer, Budget, PlanState
 from ._setup import RunOptions, Setup, resolve, stream_batches
@@ -218,8 +218,7 @@ class Session:
         another thread while ``execute`` runs: it reads only result parts (files replaced
         atomically, never changed) and copies of the plan's lists."""
         stored = self.store.latest(self.setup.scope_id)
-        keys = list(self.state.keys)
-        padded: list[str | None] = [*keys, *[""] * (len(self.df) - len(keys))]
+        padded = with_pending(self.state.keys, len(self.df))  # a copy, taken in one C call
         frame, _ = join_results(
             self.df, padded, dict(self.state.errors), stored, self.shape, files=self.reader
         )
@@ -228,9 +227,7 @@ class Session:
     # -- the end ----------------------------------------------------------------------
     def finish(self, outcome: Outcome) -> RunResult:
         self.store.journal.record_spend(self.setup.scope_id, self.budget.costed, self.budget.spent)
-        keys = self.state.keys
-        if len(keys) < len(self.df):  # stopped before planning every row: the rest are pending
-            keys = [*keys, *[""] * (len(self.df) - len(keys))]
+        keys = with_pending(self.state.keys, len(self.df))  # stopped early: unplanned rows pending
         frame, status = join_results(
             self.df, keys, self.state.errors, outcome.stored, self.shape, files=self.reader
         )
