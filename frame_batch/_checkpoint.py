@@ -35,6 +35,7 @@ from ._join import join_results, with_pending
 from ._planning import PlanState
 from ._types import OutputShape, RowResult
 from .store import JournalBatch, Store
+from .store.columns import outputs_json
 
 log = logging.getLogger("frame_batch")
 
@@ -145,7 +146,9 @@ def state_table(results: pa.Table, open_batches: Iterable[JournalBatch]) -> pd.D
     rows: list[dict[str, str | None]] = []
     done = set()
     for key, status, error, run_id, outputs in zip(
-        *(results[c].to_pylist() for c in ("key", "status", "error", "run_id", "outputs")), strict=True
+        *(results[c].to_pylist() for c in ("key", "status", "error", "run_id")),
+        outputs_json(results),
+        strict=True,
     ):
         if status in _DONE:
             done.add(key)

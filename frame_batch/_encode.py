@@ -108,7 +108,7 @@ def resolve_inputs(df: pd.DataFrame, inputs: Mapping[str, Hashable] | Sequence[s
         if name in seen:
             raise ConfigError(f"input {name!r} is listed twice; list each input once")
         seen.add(name)
-        _column_position(df.columns, label)  # raises ColumnError when missing or ambiguous
+        column_position(df.columns, label)  # raises ColumnError when missing or ambiguous
     return tuple(sorted(pairs, key=lambda pair: pair[0]))
 
 
@@ -152,7 +152,7 @@ def _input_name(name: object) -> str:
     return str.__str__(name)  # a plain str even for np.str_ and other subclasses
 
 
-def _column_position(columns: pd.Index, label: Hashable) -> int:
+def column_position(columns: pd.Index, label: Hashable) -> int:
     """Where ``label`` is in ``columns``; it must be there exactly once."""
     try:
         loc = columns.get_loc(label)
@@ -195,7 +195,7 @@ def encode_frame(
     if len(set(names)) != len(names):
         raise ConfigError(f"input names must be unique, got {names!r}")
     labels = [label for _, label in pairs]
-    positions = [_column_position(df.columns, label) for label in labels]
+    positions = [column_position(df.columns, label) for label in labels]
     unknown = sorted(files.path_inputs - set(names)) if files is not None else []
     if unknown:
         raise ConfigError(f"file_inputs names {unknown!r}, which are not inputs of this run: {names!r}")

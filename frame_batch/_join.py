@@ -23,12 +23,12 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from ._files import FILE_MARK, is_marker
 from ._types import OutputShape
+from .store.columns import JSON, is_output, output_name, parse_json
 
 STATUS_COLUMNS = ("bulk_status", "bulk_error", "bulk_run_id")
 
@@ -41,22 +41,26 @@ def with_pending(keys: Sequence[str | None], rows: int) -> list[str | None]:
 
 def join_results(
     df: pd.DataFrame,
-    keys: Sequence[str | None],
+    keys: Sequence[str | None] | pa.Array,
     skipped: dict[int, str],
     results: pa.Table,
     shape: OutputShape | None = None,
     *,
     files: Callable[[Mapping[str, object]], object] | None = None,
+    indexer: pa.Array | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """A new frame (``df``'s index and columns, then outputs, then status columns), and the
-    status of every row, whatever name its column ended up with. ``files`` turns a stored
-    file output into what its cell shows (a path, or the bytes)."""
-    lookup = pd.Index(results["key"].to_pylist(), dtype=object)
-    wanted = pd.Index(["" if k is None else k for k in keys], dtype=object)
-    indexer = lookup.get_indexer(wanted) if len(lookup) else np.full(len(wanted), -1, dtype=np.intp)
-    indexer[np.fromiter((k is None for k in keys), dtype=bool, count=len(keys))] = -1
+    status of every row, whatever name its column ended up with. ``results`` has one row per
+    key (``Store.latest``); ``keys`` one per frame row (None: skipped). ``files`` turns a
+    stored file output into what its cell shows (a path, or the bytes). ``indexer``: each
+    row's position in ``results``, when the caller found it already."""
+    if indexer is None:
+        wanted = keys if isinstance(keys, pa.Array) else pa.array(keys, pa.string())
+        # Position of each frame row's result (null: none). Arrow hashes the keys in C: far
+        # cheaper than a Python dict or an object Index for a million rows.
+        indexer = pc.index_in(wanted, value_set=results["key"])
 
-    outputs = _outputs(results["outputs"].to_pylist(), indexer, files)
+    outputs = _outputs(results, indexer, files)
     if shape is not None:
         outputs = _apply_shape(outputs, shape)
     status, error, run_id = _status(results, indexer, skipped)
@@ -75,23 +79,21 @@ def join_results(
 
 
 def _outputs(
-    raw: list[str | None], indexer: np.ndarray, files: Callable[[Mapping[str, object]], object] | None
+    results: pa.Table, indexer: pa.Array, files: Callable[[Mapping[str, object]], object] | None
 ) -> pd.DataFrame:
-    """Parse and flatten only the result rows the frame uses, then spread them to positions."""
-    used = np.unique(indexer[indexer >= 0])
-    records = [_flatten(orjson.loads(raw[i]), files=files) if raw[i] else {} for i in used]
-    unique = pd.DataFrame.from_records(records) if records else pd.DataFrame()
-    if unique.shape[1] == 0:
+    """The output columns, one row per frame row (rows without a result are null)."""
+    columns: dict[str, Any] = {}
+    for name in results.column_names:
+        if not is_output(name):
+            continue
+        picked = results[name].take(indexer)
+        if name.startswith(JSON):
+            columns[output_name(name)] = pd.Series(parse_json(picked.to_pylist(), files), dtype=object)
+        else:
+            columns[output_name(name)] = picked.to_pandas()
+    if not columns:
         return pd.DataFrame(index=pd.RangeIndex(len(indexer)))
-    # Position of each frame row in ``unique``; rows without a result point at an empty row
-    # (added only when needed, so an all-succeeded int column stays int).
-    slot = np.searchsorted(used, indexer)
-    missing = indexer < 0
-    if missing.any():
-        slot[missing] = len(used)
-        unique = unique.reindex(pd.RangeIndex(len(used) + 1))
-    spread: pd.DataFrame = unique.iloc[slot].reset_index(drop=True)
-    return spread
+    return pd.DataFrame(columns, index=pd.RangeIndex(len(indexer)))
 
 
 def _apply_shape(outputs: pd.DataFrame, shape: OutputShape) -> pd.DataFrame:
@@ -150,20 +152,15 @@ _CONVERTERS: dict[str, Callable[[pd.Series], pd.Series]] = {
 }
 
 
-def _status(results: pa.Table, indexer: np.ndarray, skipped: dict[int, str]) -> tuple[np.ndarray, ...]:
+def _status(results: pa.Table, indexer: pa.Array, skipped: dict[int, str]) -> tuple[np.ndarray, ...]:
     n = len(indexer)
-    have = indexer >= 0
-    safe = np.where(have, indexer, 0)
 
-    def column(name: str, default: object) -> np.ndarray:
-        values = np.array(results[name].to_pylist() or [None], dtype=object)
-        picked = values[safe]
-        picked[~have] = default
-        return picked
+    def column(name: str) -> np.ndarray:
+        values: np.ndarray = results[name].take(indexer).to_numpy(zero_copy_only=False)
+        return values.astype(object, copy=False)
 
-    status = column("status", "pending")
-    error = column("error", None)
-    run_id = column("run_id", None)
+    status, error, run_id = column("status"), column("error"), column("run_id")
+    status[indexer.is_null().to_numpy(zero_copy_only=False)] = "pending"
     for position, message in skipped.items():
         if position < n:
             status[position] = "skipped"
@@ -172,25 +169,6 @@ def _status(results: pa.Table, indexer: np.ndarray, skipped: dict[int, str]) -> 
     pending = status == "pending"
     error[pending & (error == None)] = "not finished yet: run again to resume"  # noqa: E711
     return status, error, run_id
-
-
-def _flatten(
-    value: Any, prefix: str = "", *, files: Callable[[Mapping[str, object]], object] | None = None
-) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        return {prefix or "output": value}
-    if not prefix and not any(isinstance(inner, dict) for inner in value.values()):
-        return value  # already flat: the common case, no copy
-    flat: dict[str, Any] = {}
-    for key, inner in value.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if files is not None and is_marker(inner):
-            flat[name] = files(inner[FILE_MARK])  # a saved file is one cell, not a map
-        elif isinstance(inner, dict) and inner:
-            flat.update(_flatten(inner, name, files=files))
-        else:
-            flat[name] = inner
-    return flat
 
 
 def _label(column: Hashable) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import errors
 from ._checkpoint import Checkpointer, CheckpointIds, seed
@@ -32,12 +33,17 @@ from ._files import FileReader, check_file_outputs
 from ._http import ApiClient
 from ._join import join_results, with_pending
 from ._keys import fingerprint
+from ._manifest import KnownPlan, Plans, input_columns
+from ._manifest import fingerprint as frame_fingerprint
 from ._planning import BatchSizer, Budget, PlanState
 from ._setup import RunOptions, Setup, resolve, stream_batches
 from ._types import ProgressCallback, RunSummary
-from .store import Store
+from .store import FINAL_STATUSES, JOINED, MERGED, Store
 
 log = logging.getLogger("frame_batch")
+
+
+UNJOINED = ("batch_id", "finished_at")  # stored, but not part of the joined frame
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,17 @@ class Outcome:
     report: EngineReport
     stored: pa.Table
     stopped: str | None = None  # why the run ended early: "cancelled", a deadline...
+
+
+@dataclass(frozen=True, slots=True)
+class KnownJoin:
+    """Every row's key, and where its result is in the stored table: from a recorded plan
+    (``adopted``), or found once at the end of the run, for both the plan and the join."""
+
+    keys: pa.Array
+    indexer: pa.Array
+    unique: int  # distinct keys
+    adopted: bool = False  # the plan was read, not computed: nothing was planned this run
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +116,14 @@ class Session:
         if self.options.resume_from is not None:
             added = seed(self.store, self.ids, self.options.resume_from)
             log.info("from the checkpoint: %d stored results and %d open batches added to the cache", *added)
+        self.plans = Plans(self.store.root / "plans")
+        self.known: KnownJoin | None = None
+        self.print_ = frame_fingerprint(
+            self.df,
+            input_columns(self.df, self.setup.pairs),
+            [self.ids.fingerprint, self.setup.limits.max_bytes_per_batch, self.setup.limits.max_row_chars],
+            reads_files=self.setup.files is not None and self.setup.files.root is not None,
+        )
         self.reader = FileReader(self.store.files, "bytes" if self.store.temporary else self.output_files)
         self.shape = self.setup.provider.output_shape(self.setup.workflow)
         self.costs = CostModel(
@@ -161,23 +186,72 @@ class Session:
             checkpoint=None if self.saver is None else self.saver.sync,
         )
         try:
-            refs = await engine.prepare(store.journal.open_batches(setup.scope_id))
+            refs = await engine.prepare(store.open_batches(setup.scope_id))
             in_flight.update(k for ref in refs for k in ref.keys)
-            stored, written = store.latest(setup.scope_id), store.parts_written
-            done = store.done_keys(setup.scope_id, retry_failed=self.options.retry_failed, latest=stored)
-            batches = stream_batches(
-                self.df, setup, self.state, done, in_flight, self.options.chunk_rows, sizer, self.budget
-            )
+            stored, written = store.latest(setup.scope_id, JOINED), store.parts_written
+            if refs or not self._adopt_known_plan(stored):
+                done = store.done_keys(setup.scope_id, retry_failed=self.options.retry_failed, latest=stored)
+                batches = stream_batches(
+                    self.df, setup, self.state, done, in_flight, self.options.chunk_rows, sizer, self.budget
+                )
+            else:
+                batches = iter(())  # every row is stored: nothing to encode or send
             async with self.saver.periodic() if self.saver else contextlib.nullcontext():
                 report = await engine.run(refs, batches)
             if self.saver is not None:
                 await self.saver.write(final=True)
-            # Nothing written since (a resumed, finished run): the table read above is current.
-            if store.parts_written != written:
-                stored = store.latest(setup.scope_id)
+            # Many parts are merged into one, so the next run starts by reading one file.
+            # Otherwise, nothing written since (a resumed, finished run): ``stored`` is current.
+            merged = store.compact(setup.scope_id)
+            if merged is not None:
+                stored = merged
+            elif store.parts_written != written:
+                stored = store.latest(setup.scope_id, JOINED)
+            self._record_plan(stored)
+            stored = stored.select([n for n in stored.column_names if n not in UNJOINED])
             return Outcome(api.create_requests, report, stored)
         finally:
             await api.aclose()
+
+    # -- plans of earlier runs (see _manifest) -------------------------------------------
+    def _adopt_known_plan(self, stored: pa.Table) -> bool:
+        """Take every row's key from a recorded plan of this very frame, if each keyed row
+        has a final stored result (a finished run run again); False: plan as usual."""
+        known = self.plans.load(self.setup.scope_id, self.print_) if self.print_ else None
+        if known is None:
+            return False
+        indexer = self._positions(known, stored)
+        final = ("succeeded",) if self.options.retry_failed else FINAL_STATUSES
+        done = pc.is_in(stored["status"].take(indexer), value_set=pa.array(final))
+        if not pc.all(pc.or_kleene(done, known.keys.is_null())).as_py():
+            return False  # some rows still need a run: their payloads are needed
+        self.state.keys = known.keys.to_pylist()
+        self.state.errors = dict(known.errors)
+        self.state.cached = len(known.keys) - known.keys.null_count
+        self.known = KnownJoin(known.keys, indexer, known.unique, adopted=True)
+        return True
+
+    def _positions(self, known: KnownPlan, stored: pa.Table) -> pa.Array:
+        """Where each row's result is in ``stored``: recorded, when ``stored`` is the merged
+        part the plan was recorded with (no key hashed), else looked up by key."""
+        parts = self.store.parts.parts(self.setup.scope_id)
+        if known.rows is not None and [p.name for p in parts] == [known.merged]:
+            return known.rows
+        return pc.index_in(known.keys, value_set=stored["key"])
+
+    def _record_plan(self, stored: pa.Table) -> None:
+        """Save a complete plan of a frame planned from its rows, for the next run; keep
+        its keys and result positions for this run's join too."""
+        if self.known is not None or self.state.rows != len(self.df):
+            return
+        keys = pa.array(self.state.keys, pa.string())
+        indexer = pc.index_in(keys, value_set=stored["key"])
+        self.known = KnownJoin(keys, indexer, self._unique_inputs())
+        if self.print_:
+            parts = self.store.parts.parts(self.setup.scope_id)
+            merged = parts[0].name if len(parts) == 1 and parts[0].name.startswith(MERGED) else None
+            plan = KnownPlan(keys, self.state.errors, self.known.unique, merged, indexer if merged else None)
+            self.plans.save(self.setup.scope_id, self.print_, plan)
 
     def _engine_options(self) -> EngineOptions:
         limits = self.setup.limits
@@ -227,9 +301,16 @@ class Session:
     # -- the end ----------------------------------------------------------------------
     def finish(self, outcome: Outcome) -> RunResult:
         self.store.journal.record_spend(self.setup.scope_id, self.budget.costed, self.budget.spent)
-        keys = with_pending(self.state.keys, len(self.df))  # stopped early: unplanned rows pending
+        known = self.known
+        keys = known.keys if known else with_pending(self.state.keys, len(self.df))  # unplanned: pending
         frame, status = join_results(
-            self.df, keys, self.state.errors, outcome.stored, self.shape, files=self.reader
+            self.df,
+            keys,
+            self.state.errors,
+            outcome.stored,
+            self.shape,
+            files=self.reader,
+            indexer=known.indexer if known else None,
         )
         summary, dup_index = self._summarize(frame, status, outcome)
         return RunResult(frame, summary, dup_index)
@@ -240,13 +321,13 @@ class Session:
     def _summarize(
         self, frame: pd.DataFrame, status: np.ndarray, outcome: Outcome
     ) -> tuple[RunSummary, pd.Index]:
-        counts = Counter(status.tolist())
+        counts = pd.Series(status, copy=False).value_counts()  # hashed in C: a million rows in ms
         dups = self.store.journal.possible_duplicates()
-        flags = [k is not None and k in dups for k in self.state.keys]
+        flags = [k is not None and k in dups for k in self.state.keys] if dups else []
         flags += [False] * (len(self.df) - len(flags))
         summary = RunSummary(
             rows=len(self.df),
-            unique_inputs=len({k for k in self.state.keys if k is not None}),
+            unique_inputs=self._unique_inputs(),
             cached=self.state.cached,
             submitted=len(self.state.planned),
             succeeded=int(counts.get("succeeded", 0)),
@@ -260,10 +341,15 @@ class Session:
             elapsed_s=time.monotonic() - self.started,
             cache_dir=None if self.store.temporary else str(self.store.root),
             notes=tuple(self._notes(outcome)),
-            errors=error_kinds(frame, status),
+            errors=error_kinds(frame, status) if counts.get("failed", 0) or counts.get("skipped", 0) else (),
             estimated_cost=self.budget.spent if self.budget.costed else None,
         )
         return summary, self.df.index[flags]
+
+    def _unique_inputs(self) -> int:
+        if self.known is not None:
+            return self.known.unique
+        return len({k for k in self.state.keys if k is not None})
 
     def _notes(self, outcome: Outcome) -> list[str]:
         report = outcome.report

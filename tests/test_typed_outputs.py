@@ -16,6 +16,7 @@ from frame_batch._join import join_results
 from frame_batch._schema import parse_output_schema
 from frame_batch._sse import Decoder
 from frame_batch._types import OutputShape
+from frame_batch.store.columns import output_columns
 
 SCHEMA = {
     "type": "object",
@@ -39,7 +40,7 @@ def _table(rows: list[tuple[str, dict[str, Any] | None]]) -> pa.Table:
             "status": ["succeeded" if o is not None else "failed" for _, o in rows],
             "error": [None if o is not None else "boom" for _, o in rows],
             "run_id": [f"r{i}" for i in range(len(rows))],
-            "outputs": [orjson.dumps(o).decode() if o is not None else None for _, o in rows],
+            **output_columns([o for _, o in rows]),  # the store's layout (store/columns.py)
         }
     )
 

@@ -29,10 +29,22 @@ import pyarrow.compute as pc
 from .._types import RowResult
 from ..errors import StoreError
 from .journal import Journal, JournalBatch
-from .parts import RESULT_SCHEMA, PartStore
+from .parts import MERGED, OUTPUTS, RESULT_SCHEMA, PartStore
 
-__all__ = ["RESULT_SCHEMA", "Journal", "JournalBatch", "PartStore", "Store"]
+__all__ = [
+    "ALL_COLUMNS",
+    "JOINED",
+    "MERGED",
+    "OUTPUTS",
+    "RESULT_SCHEMA",
+    "Journal",
+    "JournalBatch",
+    "PartStore",
+    "Store",
+]
 
+ALL_COLUMNS = (*RESULT_SCHEMA.names, OUTPUTS)
+JOINED = ("key", "status", "error", "run_id", OUTPUTS)  # what joining results onto a frame reads
 FINAL_STATUSES = ("succeeded", "failed")  # a stored cancelled row is sent again on rerun
 
 
@@ -113,6 +125,19 @@ class Store:
         self.parts_written += 1
         self.journal.collected(batch_id)
 
+    def open_batches(self, scope: str) -> list[JournalBatch]:
+        """The journal's open batches, after closing those whose results are stored already:
+        a crash between writing a batch's part and journaling it leaves the part complete
+        (parts are atomic) and the batch open. Polling it again would be wasted, and for a
+        vendor whose answer came with the create (nothing to poll) it would store the
+        paid-for rows as lost over their results."""
+        batches = self.journal.open_batches(scope)
+        stored = {p.name for p in self.parts.parts(scope)}
+        for batch in batches:
+            if f"part-{batch.batch_id}.parquet" in stored:
+                self.journal.collected(batch.batch_id)
+        return [b for b in batches if f"part-{b.batch_id}.parquet" not in stored]
+
     def write_partial(self, scope: str, batch_id: str, part: int, results: list[RowResult]) -> None:
         """Persist some rows of a batch that is still open (it stays ``submitted``)."""
         self.parts.write(scope, f"{batch_id}.{part}", results)
@@ -122,19 +147,39 @@ class Store:
         self, scope: str, *, retry_failed: bool = False, latest: pa.Table | None = None
     ) -> set[str]:
         """Keys whose latest stored result is final: they are never submitted again."""
+        return set(self.done_array(scope, retry_failed=retry_failed, latest=latest).to_pylist())
+
+    def done_array(
+        self, scope: str, *, retry_failed: bool = False, latest: pa.Table | None = None
+    ) -> pa.Array:
+        """``done_keys`` as an Arrow array (unique keys), for vectorized lookups."""
         table = self.latest(scope, columns=("key", "status")) if latest is None else latest
         final = ("succeeded",) if retry_failed else FINAL_STATUSES
         mask = pc.is_in(table["status"], value_set=pa.array(final))
-        return set(table.filter(mask)["key"].to_pylist())
+        return table["key"].filter(mask).combine_chunks()
 
-    def latest(self, scope: str, columns: Iterable[str] = RESULT_SCHEMA.names) -> pa.Table:
+    def latest(self, scope: str, columns: Iterable[str] = ALL_COLUMNS) -> pa.Table:
         """One row per key: the most recently collected result."""
         names = list(dict.fromkeys([*columns, "key", "finished_at"]))
-        table = self.parts.read(scope, names)
-        if table.num_rows == 0:
-            return table
-        # Newest last after the sort in parts.read; keep the last row of each key.
-        reversed_table = table.take(pa.array(range(table.num_rows - 1, -1, -1)))
-        keys = reversed_table["key"]
-        first = pc.equal(pc.index_in(keys, value_set=keys), pa.array(range(table.num_rows)))
-        return reversed_table.filter(first)
+        table, parts = self.parts.read_counted(scope, names)
+        return newest_per_key(table, unique=parts <= 1)
+
+    def compact(self, scope: str) -> pa.Table | None:
+        """Merge the scope's parts into one when there are many (the end of a run); the
+        merged table is ``latest(scope)``, or None if nothing was merged."""
+        merged = self.parts.compact(scope, newest_per_key)
+        if merged is not None:
+            self.parts_written += 1
+        return merged
+
+
+def newest_per_key(table: pa.Table, *, unique: bool = False) -> pa.Table:
+    """The newest row (largest ``finished_at``) of each key; ``unique``: each key is known
+    to be there once (one part: one batch, or a merge) and the table is kept as is."""
+    if unique or table.num_rows == 0 or pc.count_distinct(table["key"]).as_py() == table.num_rows:
+        return table
+    table = table.sort_by("finished_at")  # stable: ties keep their order
+    reversed_table = table.take(pa.array(range(table.num_rows - 1, -1, -1)))
+    keys = reversed_table["key"]
+    first = pc.equal(pc.index_in(keys, value_set=keys), pa.array(range(table.num_rows)))
+    return reversed_table.filter(first)

@@ -7,7 +7,8 @@ skips, fsync, ``os.replace``, fsync of the directory): after a crash a part is e
 complete or absent. The part name is the batch id, so collecting a batch again
 (after a crash between writing and journaling) replaces the same file: no duplicates.
 
-Layout: ``results/<scope>/part-<batch_id>.parquet`` with the columns of ``RESULT_SCHEMA``.
+Layout: ``results/<scope>/part-<batch_id>.parquet`` with the columns of ``RESULT_SCHEMA`` and
+the outputs as columns (``columns.py``); ``part-merged-<uuid>.parquet`` after ``compact``.
 Everything here goes through a directory path and plain file operations, so a future backend
 on shared storage (fsspec-style URLs) only has to provide the same three methods.
 """
@@ -15,16 +16,17 @@ on shared storage (fsspec-style URLs) only has to provide the same three methods
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .._files import file_saver
 from .._fs import atomic_write
 from .._types import RowResult
+from .columns import LEGACY, is_output, legacy_columns, output_columns, unify
 
 RESULT_SCHEMA = pa.schema(
     [
@@ -32,11 +34,14 @@ RESULT_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("run_id", pa.string()),
-        ("outputs", pa.string()),  # the output map as JSON text: nested and mixed types survive
         ("batch_id", pa.string()),
         ("finished_at", pa.float64()),
     ]
 )
+"""The base columns of every part; the outputs follow as columns (see ``columns``)."""
+OUTPUTS = "outputs"  # in ``columns=``: every output column
+MERGED = "part-merged-"  # the name's start of a part written by ``compact``
+COMPACT_AFTER = 32  # parts of one scope before a finished run merges them into one
 
 
 class PartStore:
@@ -48,48 +53,89 @@ class PartStore:
 
     def write(self, scope: str, batch_id: str, results: Sequence[RowResult]) -> Path:
         """Write one batch's results durably; return the part's path."""
-        folder = self.root / scope
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"part-{batch_id}.parquet"
-        with atomic_write(final) as handle:
-            pq.write_table(_to_table(batch_id, results, file_saver(self.files)), handle, compression="zstd")
-        return final
+        return self._publish(scope, f"part-{batch_id}.parquet", _to_table(batch_id, results, self.files))
 
     def read(self, scope: str, columns: Sequence[str] | None = None) -> pa.Table:
-        """Every stored result of ``scope``, newest last (one row per key and batch)."""
-        folder = self.root / scope
-        paths = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-        names = list(columns) if columns is not None else RESULT_SCHEMA.names
-        if not paths:
-            return RESULT_SCHEMA.empty_table().select(names)
-        tables = [pq.read_table(p, columns=names, schema=RESULT_SCHEMA) for p in paths]
-        table = pa.concat_tables(tables)
-        if "finished_at" in names:
-            table = table.sort_by("finished_at")
-        return table
+        """Every stored result of ``scope`` (one row per key and batch, in no set order).
+        ``columns``: base column names, and ``outputs`` for every output column."""
+        return self.read_counted(scope, columns)[0]
+
+    def read_counted(self, scope: str, columns: Sequence[str] | None = None) -> tuple[pa.Table, int]:
+        """``read``, and how many parts it read."""
+        for _ in range(_READ_TRIES):
+            paths = self.parts(scope)
+            try:
+                return _read_all(paths, columns), len(paths)
+            except FileNotFoundError:
+                continue  # merged away while listed (``compact`` from the run's thread): list again
+        paths = self.parts(scope)
+        return _read_all(paths, columns), len(paths)
 
     def parts(self, scope: str) -> list[Path]:
         folder = self.root / scope
         return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
 
+    def compact(self, scope: str, latest: Callable[[pa.Table], pa.Table]) -> pa.Table | None:
+        """Merge the scope's parts into one (``latest`` picks the rows to keep), when there are
+        many: reading one file is what makes the next run's start cheap. The merged part is
+        published before the old ones are removed, so a crash in between leaves both, which
+        ``latest`` reads as duplicates of the same results. Returns the merged table."""
+        paths = self.parts(scope)
+        if len(paths) < COMPACT_AFTER:
+            return None
+        table = latest(_read_all(paths, None))
+        self._publish(scope, f"{MERGED}{uuid.uuid4().hex}.parquet", table)
+        for path in paths:
+            path.unlink(missing_ok=True)
+        return table
 
-def _to_table(batch_id: str, results: Sequence[RowResult], save: Callable[[object], object]) -> pa.Table:
-    now = time.time()
-    # FileOutput is a dataclass: passed through to ``save`` rather than serialized as a dict.
-    option = orjson.OPT_PASSTHROUGH_DATACLASS
-    outputs = [
-        None if r.outputs is None else orjson.dumps(r.outputs, default=save, option=option).decode()
-        for r in results
-    ]
-    return pa.table(
-        {
-            "key": [r.key for r in results],
-            "status": [r.status for r in results],
-            "error": [r.error for r in results],
-            "run_id": [r.run_id for r in results],
-            "outputs": outputs,
-            "batch_id": [batch_id] * len(results),
-            "finished_at": [now] * len(results),
-        },
-        schema=RESULT_SCHEMA,
+    def _publish(self, scope: str, name: str, table: pa.Table) -> Path:
+        folder = self.root / scope
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / name
+        with atomic_write(final) as handle:
+            # lz4: a part is read once or twice before it is merged; zstd costs 3x the CPU
+            pq.write_table(table, handle, compression="lz4")
+        return final
+
+
+_READ_TRIES = 5
+
+
+def _read_all(paths: Sequence[Path], columns: Sequence[str] | None) -> pa.Table:
+    if not paths:
+        names = RESULT_SCHEMA.names if columns is None else [c for c in columns if c != OUTPUTS]
+        return RESULT_SCHEMA.empty_table().select(names)
+    return unify([_read_one(p, columns) for p in paths])
+
+
+def _read_one(path: Path, columns: Sequence[str] | None) -> pa.Table:
+    handle = pq.ParquetFile(path)
+    names = handle.schema_arrow.names
+    legacy = LEGACY in names
+    wanted = (
+        names
+        if columns is None
+        else [n for n in names if n in columns or (OUTPUTS in columns and (is_output(n) or n == LEGACY))]
     )
+    table = handle.read(columns=wanted)
+    if legacy and LEGACY in wanted:
+        texts = table[LEGACY].to_pylist()
+        table = table.drop_columns([LEGACY])
+        for name, array in legacy_columns(texts).items():
+            table = table.append_column(name, array)
+    return table
+
+
+def _to_table(batch_id: str, results: Sequence[RowResult], files: Path) -> pa.Table:
+    now = time.time()
+    base = {
+        "key": pa.array([r.key for r in results], pa.string()),
+        "status": pa.array([r.status for r in results], pa.string()),
+        "error": pa.array([r.error for r in results], pa.string()),
+        "run_id": pa.array([r.run_id for r in results], pa.string()),
+        "batch_id": pa.array([batch_id] * len(results), pa.string()),
+        "finished_at": pa.array([now] * len(results), pa.float64()),
+    }
+    outputs = output_columns([r.outputs for r in results], file_saver(files))
+    return pa.table({**base, **outputs})
