@@ -7,8 +7,9 @@ client's own), on the same rows and emulator settings:
 
 - ``apply``: a plain ``df.apply`` calling Respell's single-run route (``/spells/start``,
   ``wait: true``) with httpx, one row per request, vs ``frame_batch.run`` (bulkStart +
-  getBulkRuns). Zero latency for both: the Respell emulator applies ``latency`` to bulk runs
-  only, so a single run always answers at once (a missing knob; see the report).
+  getBulkRuns). Every run takes 200 ms for both: a wait-mode single run answers after it, a
+  bulk run reads ``running`` until then. ``df.apply`` sends one row at a time, so it needs
+  200 ms per row: this pair runs 120 rows (50 with ``--quick``) to stay near a minute.
 - ``parallel``: the ``parallel-web`` SDK the way its docs show a task group (create a
   group, add runs 1,000 at a time, poll the group until it is inactive, read the runs
   stream with outputs), vs ``frame_batch.run(provider="parallel")``; runs take 200 ms.
@@ -49,12 +50,15 @@ PIPELINE = "6630f1a2b3c4d5e6f7a8b9c0"
 PARALLEL_CHUNK = 1000
 VECTORSHIFT_CHUNK = 10
 WARM_ROWS = 10
+# df.apply waits LATENCY per row, one row at a time: 120 rows x 2 reps + warm-up ~ 50 s.
+APPLY_ROWS = 120
+APPLY_ROWS_QUICK = 50
 
 
 def suite(quick: bool) -> list[Json]:
     reps = 1 if quick else 2
     return [
-        run_worker(apply_pair, rows=1_000 if quick else 5_000, reps=reps),
+        run_worker(apply_pair, rows=APPLY_ROWS_QUICK if quick else APPLY_ROWS, reps=reps),
         run_worker(parallel_pair, rows=5_000 if quick else 20_000, reps=reps),
         run_worker(vectorshift_pair, rows=100 if quick else 400, reps=reps),
     ]
@@ -67,7 +71,7 @@ def apply_pair(rows: int, reps: int) -> Json:
     import httpx  # imported before timing, like frame_batch itself
 
     df = make_frame(rows)
-    with EmulatorProcess("respell") as emulator:
+    with EmulatorProcess("respell", latency=LATENCY) as emulator:
         url = emulator.url
         lines = [
             _line(
@@ -80,7 +84,7 @@ def apply_pair(rows: int, reps: int) -> Json:
             _line("frame_batch.run, matched C=1", 1, lambda d: _respell(d, url, 1), df, reps),
             _line("frame_batch.run, default C=4", 4, lambda d: _respell(d, url, None), df, reps),
         ]
-    return {"pair": "respell: df.apply vs frame_batch", "latency_s": 0.0, "rows": rows, "lines": lines}
+    return {"pair": "respell: df.apply vs frame_batch", "latency_s": LATENCY, "rows": rows, "lines": lines}
 
 
 def _apply(df: Any, url: str) -> int:

@@ -238,6 +238,75 @@ def test_single_start_wait_and_no_wait() -> None:
     assert emu.create_requests == 0  # only bulkStart counts as a batch
 
 
+class SleepRecorder:
+    """An injected ``sleep``: records each wait, what was charged by then, and moves the clock."""
+
+    def __init__(self, emu_clock: FakeClock) -> None:
+        self.clock = emu_clock
+        self.waits: list[float] = []
+        self.charged_before: list[int] = []
+        self.emulator: RespellEmulator | None = None
+
+    def __call__(self, seconds: float) -> None:
+        assert self.emulator is not None
+        self.waits.append(seconds)
+        self.charged_before.append(sum(self.emulator.charges().values()))
+        self.clock.now += seconds
+
+
+def test_single_start_waits_out_latency_before_answering(clock: FakeClock) -> None:
+    """wait mode answers only after sleeping latency (+ jitter), charged first; no-wait answers at once."""
+    sleep = SleepRecorder(clock)
+    emu = RespellEmulator(latency=2.0, jitter=1.0, clock=clock, sleep=sleep)
+    sleep.emulator = emu
+    body = {"spellId": "s", "inputs": {"search_topic": "x"}}
+    with client(emu) as http:
+        queued = http.post("/spells/start", json={**body, "wait": False}).json()
+        assert sleep.waits == []  # polling mode: just the id, nothing waited for
+        waited = http.post("/spells/start", json={**body, "wait": "true"}).json()
+    assert set(queued) == {"id"}
+    assert waited["state"] == "success"
+    assert len(sleep.waits) == 1
+    assert 2.0 <= sleep.waits[0] <= 3.0
+    assert clock.now == sleep.waits[0]  # the answer came after the run's whole latency
+    assert sleep.charged_before == [2]  # the input was charged before the wait began
+
+
+def test_single_start_with_zero_latency_never_sleeps(clock: FakeClock) -> None:
+    """latency 0 (the default) answers a wait-mode run without calling sleep at all."""
+    sleep = SleepRecorder(clock)
+    emu = RespellEmulator(clock=clock, sleep=sleep)
+    sleep.emulator = emu
+    with client(emu) as http:
+        answer = http.post("/spells/start", json={"spellId": "s", "inputs": {"a": 1}, "wait": True})
+    assert answer.json()["state"] == "success"
+    assert sleep.waits == []
+
+
+def test_single_start_over_socket_answers_only_when_the_wait_ends() -> None:
+    """Over a socket the wait-mode answer is held until the emulator's sleep returns."""
+    entered, release = threading.Event(), threading.Event()
+    waits: list[float] = []
+
+    def gated_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        entered.set()
+        assert release.wait(timeout=10)
+
+    emu = RespellEmulator(latency=0.5, sleep=gated_sleep)
+    answers: list[httpx.Response] = []
+    with emu.serve() as srv, httpx.Client(base_url=srv.url, headers=AUTH) as http:
+        body = {"spellId": "s", "inputs": {"a": 1}, "wait": True}
+        caller = threading.Thread(target=lambda: answers.append(http.post("/spells/start", json=body)))
+        caller.start()
+        assert entered.wait(timeout=10)
+        assert answers == []  # the run is still going: no answer yet
+        release.set()
+        caller.join(timeout=10)
+    assert waits == [0.5]
+    assert [a.json()["state"] for a in answers] == ["success"]
+
+
 # -- auth and errors ----------------------------------------------------------------------
 
 

@@ -173,6 +173,19 @@ def test_a_200_with_status_failed_and_no_outputs_fails_the_rows(tmp_path: Path) 
     assert out["bulk_error"].str.contains("pipeline is paused").all()
 
 
+def test_an_answer_with_too_few_outputs_fails_the_rows_quoting_it(tmp_path: Path) -> None:
+    """run_outputs shorter than the runs sent: no guessing, each row fails quoting the answer."""
+
+    def short(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "success", "run_outputs": [{"outputs": {"a": "ça"}}]})
+
+    out = run(frame(3), VectorShiftEmulator(), tmp_path, transport=httpx.MockTransport(short)).frame
+    assert (out["bulk_status"] == "failed").all()
+    assert out["bulk_error"].str.contains("does not hold one output per run sent").all()
+    assert out["bulk_error"].str.contains('"run_outputs"', regex=False).all()
+    assert out["bulk_error"].str.contains("ça").all()  # decoded as text, not shown as bytes
+
+
 def test_bad_key_and_unknown_pipeline_are_clear_errors(tmp_path: Path) -> None:
     """401 is an AuthenticationError naming the env var; 404 a clear not-found."""
     emu = VectorShiftEmulator(pipelines={PIPE: pipeline}, api_keys=["another-key"])

@@ -188,7 +188,7 @@ class VectorShift:
         body, headers = self._body(runs)
         path = f"/pipeline/{workflow}/{self.bulk_path}"
         response = await api.create("POST", path, content=body, headers=headers)
-        results = _read_answer(json_or_none(response.content), batch.keys, response.text)
+        results = _read_answer(json_or_none(response.content), batch.keys, response.content)
         remote_id = f"bulk:{batch.batch_id}:{next(self._ids)}"
         self._answers[remote_id] = results
         return remote_id
@@ -204,7 +204,7 @@ class VectorShift:
         # No task id: a server that ignored ``background`` answers like a plain run.
         remote_id = f"bulk:{batch.batch_id}:{next(self._ids)}"
         single = {"status": data.get("status"), "run_outputs": [data]} if isinstance(data, dict) else data
-        self._answers[remote_id] = _read_answer(single, batch.keys, response.text)
+        self._answers[remote_id] = _read_answer(single, batch.keys, response.content)
         return remote_id
 
     def _single_body(self, run: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
@@ -368,8 +368,9 @@ def _file_output(value: dict[str, Any]) -> object:
     return FileOutput(data, name if isinstance(name, str) else None, mime if isinstance(mime, str) else None)
 
 
-def _read_answer(data: Any, keys: tuple[str, ...], text: str) -> tuple[RowResult, ...]:
-    """``{status, run_outputs}`` -> one result per key, in the order the runs were sent."""
+def _read_answer(data: Any, keys: tuple[str, ...], raw: bytes) -> tuple[RowResult, ...]:
+    """``{status, run_outputs}`` -> one result per key, in the order the runs were sent.
+    ``raw`` (the answer's bytes) is decoded only for an error message, never on success."""
     entries = data.get("run_outputs") if isinstance(data, dict) else None
     status = str(data.get("status") or "") if isinstance(data, dict) else ""
     if not isinstance(entries, list) or len(entries) != len(keys):
@@ -377,7 +378,8 @@ def _read_answer(data: Any, keys: tuple[str, ...], text: str) -> tuple[RowResult
         message = (
             f"vectorshift answered the bulk call with status {status or '?'!r}: {why}"
             if why
-            else f"vectorshift's answer does not hold one output per run sent ({text[:200]!r})"
+            else "vectorshift's answer does not hold one output per run sent "
+            f"({raw[:200].decode(errors='replace')!r})"
         )
         return tuple(RowResult(key, "failed", error=message) for key in keys)
     return tuple(_entry(key, entry, status) for key, entry in zip(keys, entries, strict=True))

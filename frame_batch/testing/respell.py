@@ -10,13 +10,20 @@ Routes (all ``POST``, JSON bodies, at the root like ``https://api-v2.respell.ai`
 - ``/spells/cancelBulk`` ``{groupId}`` -> ``{"success": true}``; unfinished runs become
   ``cancelled`` and keep their charge.
 - ``/spells/start`` ``{spellId, inputs: {...}, wait}`` -> a single run (``wait`` may be a
-  bool or ``"true"``/``"false"``, as public code sends it).
+  bool or ``"true"``/``"false"``, as public code sends it). With ``wait`` the connection
+  stays open until the run is done (Respell's "wait mode"): the answer, with ``state`` and
+  ``outputs`` or ``error``, comes after the run's ``latency`` (+ jitter). Without it the
+  answer is just ``{"id"}``, at once. Either way the input is charged when the run starts.
 
-A run's state is computed lazily from the clock: ``running`` until its creation time plus
-``latency`` (+ jitter), then ``success`` or ``failed``. Outcomes are decided at creation
-and a failure depends only on the input's content, so a rerun of the same input fails the
-same way. Everything that touches state holds one lock (the socket server is threaded);
-running a spell and ``create_delay`` happen outside it.
+A bulk run's state is computed lazily from the clock: ``running`` until its creation time
+plus ``latency`` (+ jitter), then ``success`` or ``failed``. A wait-mode single run has no
+one polling it, so the handler itself waits out its latency with ``sleep`` (``time.sleep``
+unless injected), as does ``create_delay``; that happens in-process too, inside the
+client's call (an ``AsyncClient``'s event loop is blocked meanwhile), so tests pass a fake
+``sleep`` (e.g. one that moves their fake ``clock``). Outcomes are decided at creation and
+a failure depends only on the input's content, so a rerun of the same input fails the same
+way. Everything that touches state holds one lock (the socket server is threaded); running
+a spell and sleeping happen outside it.
 """
 
 from __future__ import annotations
@@ -109,6 +116,15 @@ class _Run:
 class RespellEmulator(Books):
     """A fake Respell: in-process via :meth:`transport`, over a socket via :meth:`serve`.
 
+    Knobs: ``latency`` seconds per run plus up to ``jitter`` (bulk runs read as ``running``
+    until then; a wait-mode ``/spells/start`` answers only then, waiting with ``sleep``);
+    ``failure_rate`` fails inputs by content; ``out_of_order`` shuffles ``getBulkRuns``;
+    ``faults`` (random 429 / 5xx / drops, see :class:`Faults`); ``create_delay`` seconds a
+    ``bulkStart`` waits, after recording its work, before answering; ``max_inputs`` per
+    ``bulkStart`` (400 above); ``api_keys`` (None = any); ``spells`` maps spell ids to
+    functions from inputs to outputs (None accepts any id and runs :func:`default_spell`);
+    ``clock`` and ``sleep`` are injectable so tests need not wait.
+
     Accounting (:meth:`charges`, :meth:`duplicates`, :meth:`requests`,
     :attr:`create_requests`) lets a test prove that nothing was paid for twice.
     """
@@ -126,6 +142,7 @@ class RespellEmulator(Books):
         create_delay: float = 0.0,
         max_inputs: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         seed: int = 0,
     ) -> None:
         if latency < 0 or jitter < 0 or create_delay < 0:
@@ -144,6 +161,7 @@ class RespellEmulator(Books):
         self._api_keys = None if api_keys is None else frozenset(api_keys)
         self._spells = None if spells is None else dict(spells)
         self._clock = clock
+        self._sleep = sleep
         self._rng = random.Random(seed)
         self._init_books(faults)
         self._groups: dict[str, list[_Run]] = {}
@@ -217,7 +235,7 @@ class RespellEmulator(Books):
             self._charge(inputs)
             self._create_requests += 1
         if self.create_delay:
-            time.sleep(self.create_delay)  # recorded and charged; the answer is still pending
+            self._sleep(self.create_delay)  # recorded and charged; the answer is still pending
         return {"runId": group_id}
 
     def _get_bulk_runs(self, body: dict[str, object]) -> dict[str, object]:
@@ -247,9 +265,12 @@ class RespellEmulator(Books):
         state, result = self._run_spell(spell, inputs)
         run_id = _new_id()
         with self._lock:
+            duration = self._run_latency() if wait else 0.0
             self._charge([inputs])
         if not wait:
             return {"id": run_id}
+        if duration > 0:
+            self._sleep(duration)  # charged already: a client that gives up now still pays
         return {"id": run_id, "state": state, "outputs" if state == "success" else "error": result}
 
     # -- helpers (callers hold the lock where state is touched) ---------------------------
