@@ -63,14 +63,14 @@ def join_results(
     outputs = _outputs(results, indexer, files)
     if shape is not None:
         outputs = _apply_shape(outputs, shape)
-    status, error, run_id = _status(results, indexer, skipped)
+    status, *columns = _status(results, indexer, skipped)
 
     out = df.copy(deep=False)  # a new frame; the caller's stays untouched
     taken = set(map(_label, out.columns))
     new: dict[str, Any] = {}
     for name in outputs.columns:
         new[_free(str(name), taken)] = outputs[name].array  # keeps extension dtypes (Int64)
-    for name, values in zip(STATUS_COLUMNS, (status, error, run_id), strict=True):
+    for name, values in zip(STATUS_COLUMNS, columns, strict=True):
         new[_free(name, taken)] = values
     added = pd.DataFrame(new, index=out.index)
     added = added.infer_objects()
@@ -152,23 +152,42 @@ _CONVERTERS: dict[str, Callable[[pd.Series], pd.Series]] = {
 }
 
 
-def _status(results: pa.Table, indexer: pa.Array, skipped: dict[int, str]) -> tuple[np.ndarray, ...]:
-    n = len(indexer)
+PENDING_NOTE = "not finished yet: run again to resume"
 
-    def column(name: str) -> np.ndarray:
-        values: np.ndarray = results[name].take(indexer).to_numpy(zero_copy_only=False)
-        return values.astype(object, copy=False)
 
-    status, error, run_id = column("status"), column("error"), column("run_id")
-    status[indexer.is_null().to_numpy(zero_copy_only=False)] = "pending"
-    for position, message in skipped.items():
-        if position < n:
-            status[position] = "skipped"
-            error[position] = message
-            run_id[position] = None
-    pending = status == "pending"
-    error[pending & (error == None)] = "not finished yet: run again to resume"  # noqa: E711
-    return status, error, run_id
+def _status(results: pa.Table, indexer: pa.Array, skipped: dict[int, str]) -> tuple[Any, ...]:
+    """The status columns, built in Arrow and converted once (no Python string per cell on
+    pandas 3, whose ``str`` columns are Arrow), and every row's status as a numpy array."""
+    missing = indexer.is_null()
+
+    def take(name: str) -> pa.Array:
+        return results[name].take(indexer).combine_chunks()
+
+    status = pc.if_else(missing, "pending", take("status"))
+    error = take("error")
+    run_id = take("run_id")
+    error = pc.if_else(pc.and_(missing, error.is_null()), PENDING_NOTE, error)
+    if skipped:
+        positions = sorted(p for p in skipped if p < len(indexer))
+        mask = np.zeros(len(indexer), dtype=bool)
+        mask[positions] = True
+        where = pa.array(mask)
+        status = pc.replace_with_mask(status, where, pa.array(["skipped"] * len(positions), pa.string()))
+        error = pc.replace_with_mask(error, where, pa.array([skipped[p] for p in positions], pa.string()))
+        run_id = pc.replace_with_mask(run_id, where, pa.nulls(len(positions), pa.string()))
+    # Every row's status as numpy objects without a string per row: a handful of names.
+    encoded = pc.dictionary_encode(status)
+    names = np.array(encoded.dictionary.to_pylist(), dtype=object)
+    every = names[encoded.indices.to_numpy(zero_copy_only=False)]
+    return every, *(_pandas(column) for column in (status, error, run_id))
+
+
+def _pandas(column: pa.Array | pa.ChunkedArray) -> Any:
+    """A string column as pandas shows it (``str`` on pandas 3, object on pandas 2), nulls
+    as None where the column is object (an all-null column stays object of None)."""
+    if column.null_count == len(column):
+        return np.full(len(column), None, dtype=object)
+    return column.to_pandas().array
 
 
 def _label(column: Hashable) -> str:
