@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from ._types import Batch, EncodedChunk
 
 
@@ -111,10 +113,19 @@ class PlanState:
     held: int = 0  # rows not sent because the budget (max_rows=/max_cost=) was reached
     planned: set[str] = field(default_factory=set)  # unique keys sent (or to send) this run
     batches: int = 0
+    # Every row's key read from a recorded plan (``_manifest``) instead of planned: ``keys``
+    # is filled from it only when asked (``key_list``), a million Python strings saved.
+    known: pa.Array | None = None
 
     @property
     def rows(self) -> int:
-        return len(self.keys)
+        return len(self.known) if self.known is not None else len(self.keys)
+
+    def key_list(self) -> list[str | None]:
+        """Every planned row's key (None: skipped), as a list."""
+        if self.known is not None and len(self.keys) != len(self.known):
+            self.keys = self.known.to_pylist()
+        return self.keys
 
 
 def plan_batches(

@@ -38,12 +38,13 @@ from ._manifest import fingerprint as frame_fingerprint
 from ._planning import BatchSizer, Budget, PlanState
 from ._setup import RunOptions, Setup, resolve, stream_batches
 from ._types import ProgressCallback, RunSummary
-from .store import FINAL_STATUSES, JOINED, MERGED, Store
+from .store import FINAL_STATUSES, JOINED, MERGED, OUTPUTS, Store
 
 log = logging.getLogger("frame_batch")
 
 
 UNJOINED = ("batch_id", "finished_at")  # stored, but not part of the joined frame
+KEYLESS = ("status", "error", "run_id", OUTPUTS)  # joined by recorded positions
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class Session:
             log.info("from the checkpoint: %d stored results and %d open batches added to the cache", *added)
         self.plans = Plans(self.store.root / "plans")
         self.known: KnownJoin | None = None
+        self.plan_found: KnownPlan | None = None
         self.print_ = frame_fingerprint(
             self.df,
             input_columns(self.df, self.setup.pairs),
@@ -188,8 +190,10 @@ class Session:
         try:
             refs = await engine.prepare(store.open_batches(setup.scope_id))
             in_flight.update(k for ref in refs for k in ref.keys)
-            stored, written = store.latest(setup.scope_id, JOINED), store.parts_written
+            stored, written = self._stored_at_start(refs), store.parts_written
             if refs or not self._adopt_known_plan(stored):
+                if "key" not in stored.column_names:  # read for a recorded plan that did not apply
+                    stored = store.latest(setup.scope_id, JOINED)
                 done = store.done_keys(setup.scope_id, retry_failed=self.options.retry_failed, latest=stored)
                 batches = stream_batches(
                     self.df, setup, self.state, done, in_flight, self.options.chunk_rows, sizer, self.budget
@@ -214,10 +218,25 @@ class Session:
             await api.aclose()
 
     # -- plans of earlier runs (see _manifest) -------------------------------------------
+    def _stored_at_start(self, refs: list[Any]) -> pa.Table:
+        """The stored results; without their keys when a recorded plan of this frame says
+        where each row's result is in the one merged part (the keys are not needed then)."""
+        self.plan_found = self.plans.load(self.setup.scope_id, self.print_) if self.print_ else None
+        parts = self.store.parts.parts(self.setup.scope_id)
+        known = self.plan_found
+        if (
+            not refs
+            and known is not None
+            and known.rows is not None
+            and [p.name for p in parts] == [known.merged]
+        ):
+            return self.store.parts.read(self.setup.scope_id, KEYLESS)
+        return self.store.latest(self.setup.scope_id, JOINED)
+
     def _adopt_known_plan(self, stored: pa.Table) -> bool:
         """Take every row's key from a recorded plan of this very frame, if each keyed row
         has a final stored result (a finished run run again); False: plan as usual."""
-        known = self.plans.load(self.setup.scope_id, self.print_) if self.print_ else None
+        known = self.plan_found
         if known is None:
             return False
         indexer = self._positions(known, stored)
@@ -225,7 +244,7 @@ class Session:
         done = pc.is_in(stored["status"].take(indexer), value_set=pa.array(final))
         if not pc.all(pc.or_kleene(done, known.keys.is_null())).as_py():
             return False  # some rows still need a run: their payloads are needed
-        self.state.keys = known.keys.to_pylist()
+        self.state.known = known.keys
         self.state.errors = dict(known.errors)
         self.state.cached = len(known.keys) - known.keys.null_count
         self.known = KnownJoin(known.keys, indexer, known.unique, adopted=True)
@@ -233,9 +252,9 @@ class Session:
 
     def _positions(self, known: KnownPlan, stored: pa.Table) -> pa.Array:
         """Where each row's result is in ``stored``: recorded, when ``stored`` is the merged
-        part the plan was recorded with (no key hashed), else looked up by key."""
-        parts = self.store.parts.parts(self.setup.scope_id)
-        if known.rows is not None and [p.name for p in parts] == [known.merged]:
+        part the plan was recorded with (read without keys: none hashed), else by key."""
+        if "key" not in stored.column_names:  # read keyless for the recorded positions
+            assert known.rows is not None
             return known.rows
         return pc.index_in(known.keys, value_set=stored["key"])
 
@@ -292,7 +311,7 @@ class Session:
         another thread while ``execute`` runs: it reads only result parts (files replaced
         atomically, never changed) and copies of the plan's lists."""
         stored = self.store.latest(self.setup.scope_id)
-        padded = with_pending(self.state.keys, len(self.df))  # a copy, taken in one C call
+        padded = with_pending(self.state.key_list(), len(self.df))  # a copy, taken in one C call
         frame, _ = join_results(
             self.df, padded, dict(self.state.errors), stored, self.shape, files=self.reader
         )
@@ -323,7 +342,7 @@ class Session:
     ) -> tuple[RunSummary, pd.Index]:
         counts = pd.Series(status, copy=False).value_counts()  # hashed in C: a million rows in ms
         dups = self.store.journal.possible_duplicates()
-        flags = [k is not None and k in dups for k in self.state.keys] if dups else []
+        flags = [k is not None and k in dups for k in self.state.key_list()] if dups else []
         flags += [False] * (len(self.df) - len(flags))
         summary = RunSummary(
             rows=len(self.df),

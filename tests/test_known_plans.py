@@ -119,3 +119,16 @@ def test_a_merged_store_is_joined_by_recorded_positions(tmp_path: Path, run_with
     run_with(frame(4).assign(topic="another"), RespellEmulator())
     again = run_with(df, RespellEmulator(), batch_size=100)
     pd.testing.assert_frame_equal(again.frame, first)
+
+
+def test_a_checkpoint_of_a_rerun_from_the_recorded_plan_has_every_row(tmp_path: Path, run_with: Any) -> None:
+    """The keys of a recorded plan are read lazily; a checkpoint (the workbook's copy) still
+    sees every row's key: its frame is the rerun's frame, nothing pending."""
+    df = frame()
+    run_with(df, RespellEmulator(), batch_size=100)
+    seen: list[Any] = []
+    again = run_with(df, RespellEmulator(), batch_size=100, checkpoint=seen.append)
+    final = seen[-1]
+    assert final.final
+    pd.testing.assert_frame_equal(final.frame, again.frame)
+    assert (final.frame["bulk_status"] == "succeeded").all()
