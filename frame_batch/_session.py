@@ -266,6 +266,9 @@ class Session:
         keys = pa.array(self.state.keys, pa.string())
         indexer = pc.index_in(keys, value_set=stored["key"])
         self.known = KnownJoin(keys, indexer, self._unique_inputs())
+        # From here the keys live in Arrow (a million Python strings freed before the join);
+        # ``key_list`` makes the list again if anything asks for it.
+        self.state.known, self.state.keys = keys, []
         if self.print_:
             parts = self.store.parts.parts(self.setup.scope_id)
             merged = parts[0].name if len(parts) == 1 and parts[0].name.startswith(MERGED) else None
