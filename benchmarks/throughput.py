@@ -7,10 +7,14 @@ included) / min(C * B / L, the vendor's rate limit); the Respell emulator has no
 limit, so the bound is C * B / L. Every batch takes L: the emulator's ``latency=0.2`` (runs
 finish 200 ms after their bulkStart). Each cell runs a whole number of rounds (about 20
 batches per in-flight slot, fewer for the largest cells) against a fresh emulator process.
-Polls: ``poll_interval=0.02`` (L / 10). The grid runs twice: clean (20 rounds), and with
-5% 5xx + 5% 429 injected on every request kind (10 rounds, at least 30 batches per cell;
-``Faults(rate_5xx=0.05, rate_429=0.05, on="all")``, the 429s saying ``Retry-After: 1``,
-the emulator's default).
+Polls: ``poll_interval=0.02`` (L / 10), the longest wait between two polls of a batch. The
+engine learns how long batches take (``PollTimer`` in ``frame_batch/_engine.py``): the first
+batches are polled every 20 ms, later ones first at ~0.9 x the learned create-to-done time and
+then every 20 ms, about 2 polls per batch (``polls_per_batch``) instead of ~L / poll_interval.
+A read that fails is first retried within ``poll_interval`` (a Retry-After is waited out).
+The grid runs twice: clean (20 rounds), and with 5% 5xx + 5% 429 injected on every request
+kind (10 rounds, at least 30 batches per cell; ``Faults(rate_5xx=0.05, rate_429=0.05,
+on="all")``, the 429s saying ``Retry-After: 1``, the emulator's default).
 A full run also sweeps the poll interval at the target cell (B=100, C=16), and runs that
 cell under fault variants (one knob changed at a time) to show which fault costs what, and
 once against the stock emulator (no socket tuning, see ``_emulator.py``).

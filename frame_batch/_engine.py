@@ -15,6 +15,8 @@ Rules this module keeps (DESIGN §4):
   smaller (``BatchSizer``), resent rows included.
 - Rows are matched to results by key; a batch that ends with rows missing from the vendor's
   answer gets a failed result for each of them (no row is silently dropped).
+- Polling adapts (``PollTimer``): a new batch is first polled shortly before the time the
+  run's earlier batches took, then polls come at most ``poll_interval`` apart.
 - An overall deadline stops waiting and leaves unfinished batches resumable. A cancellation
   (Ctrl-C) leaves the journal consistent, and asks the vendor to stop only when the user
   asked for that (``cancel_on_interrupt``).
@@ -34,7 +36,7 @@ from functools import partial
 from typing import Any, Literal
 
 from . import errors
-from ._http import AmbiguousCreate, ApiClient
+from ._http import AmbiguousCreate, ApiClient, on_send
 from ._planning import BatchSizer, split
 from ._types import Batch, BatchPoll, BatchRef, Progress, ProgressCallback, RowResult
 from .providers.base import Provider
@@ -44,6 +46,17 @@ log = logging.getLogger("frame_batch")
 
 OnAmbiguous = Literal["resubmit", "fail"]
 NOT_FOUND = "create answer lost; reconciled: nothing was created, rows sent again"
+
+# Adaptive polling (PollTimer). A poll that finds a batch still running costs a request
+# (about 1 ms of client CPU at 16 in flight), one that comes late leaves a finished batch
+# holding its slot: aim a little early, then poll at short intervals.
+AIM = 0.9  # first poll at this fraction of the expected time from create sent to batch done
+AFTER = 0.15  # then polls this fraction of it apart: the second comes just after the expected time
+WEIGHT = 0.2  # of the newest batch in the expected time (EWMA): about the last 10 batches count
+DONE_EARLY = 0.75  # a batch done at its first poll counts as taking this fraction of the time to it
+# A batch seen running then done counts as having finished this far into that interval: the
+# first poll is aimed early, and the midpoint would pull the expectation down batch after batch.
+WITHIN = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +96,58 @@ class EngineReport:
     shrunk: int = 0  # times the batch size was cut after a 413 or a timeout
 
 
+class PollTimer:
+    """When to poll a batch: learned from the batches collected so far in this run.
+
+    With nothing learned yet (the first batches; batches resumed from an earlier run, whose
+    start was not seen) a batch is polled ``first_poll`` after its create answered, then at
+    intervals doubling up to ``poll_interval``. Once batches have been collected, a new
+    batch is first polled at ``AIM`` x the expected time from its create request leaving to
+    the batch done (never sooner than ``first_poll`` after the answer; polls before then
+    would find it running), then at intervals starting at ``AFTER`` x that time and doubling
+    up to ``poll_interval``. So ``poll_interval`` stays the longest wait between two polls
+    of a batch: one much slower than expected is still polled that often. One much faster is
+    noticed at its first poll, and pulls the expected time down for the next ones.
+    """
+
+    def __init__(self, first_poll: float, poll_interval: float) -> None:
+        self.first_poll = max(first_poll, 0.0)
+        self.poll_interval = poll_interval
+        self.expected: float | None = None  # seconds from a create request leaving to its batch done
+
+    def first_wait(self, elapsed: float = 0.0) -> float:
+        """The wait before a new batch's first poll, ``elapsed`` seconds after its create left
+        (now that it answered): never less than ``first_poll``."""
+        if self.expected is None:
+            return self.first_poll
+        return max(self.first_poll, AIM * self.expected - elapsed)
+
+    def first_interval(self) -> float:
+        """The wait after the first poll, when that poll found the batch running: short, as
+        the batch should be about done (not ``first_poll``, which may be as long as it took)."""
+        if self.expected is None:
+            return self.first_poll
+        return min(self.poll_interval, AFTER * self.expected)
+
+    def next_interval(self, interval: float) -> float:
+        return min(max(interval * 2, 0.05), self.poll_interval)
+
+    def learn(self, first_poll_at: float, running_at: float | None, done_at: float) -> None:
+        """Learn from one batch's polls (seconds after its create left): ``first_poll_at``
+        when its first poll was due, ``running_at`` when the last poll that found it running
+        left (None: the first poll found it done), ``done_at`` when the one that found it
+        done left.
+        """
+        if running_at is None:
+            # Done by the first poll, perhaps long before: a little less than the planned
+            # time (not the measured one, which a late wake-up could only make longer).
+            sample = first_poll_at * DONE_EARLY
+        else:
+            sample = running_at + WITHIN * max(done_at - running_at, 0.0)
+        expected = self.expected
+        self.expected = sample if expected is None else expected + WEIGHT * (sample - expected)
+
+
 class Engine:
     def __init__(
         self,
@@ -114,6 +179,10 @@ class Engine:
         self._slots = asyncio.Semaphore(options.max_in_flight)
         self._in_flight: dict[str, BatchRef] = {}
         self._staged: dict[str, str] = {}  # batch id -> staged id, while its create is in flight
+        self._sent_at: dict[str, float] = {}  # batch id -> when its (answered) create request left
+        self.timer = PollTimer(options.first_poll, options.poll_interval)
+        if api.first_read_retry is None:  # a failed poll is retried by when the next one would come
+            api.first_read_retry = options.poll_interval
 
     # -- the run ------------------------------------------------------------------------
     async def prepare(self, open_batches: Iterable[JournalBatch]) -> list[BatchRef]:
@@ -151,7 +220,7 @@ class Engine:
             async with timeout or contextlib.nullcontext(), asyncio.TaskGroup() as group:
                 for ref in resumed:
                     await self._slots.acquire()
-                    _spawn(group, self._guarded(partial(self._track, ref, first_wait=0.0)))
+                    _spawn(group, self._guarded(partial(self._track, ref, since=None)))
                 while True:
                     # The slot first, then the batch: it is formed at the size current now.
                     await self._slots.acquire()
@@ -188,7 +257,8 @@ class Engine:
         else:
             sent = await self._submit(batch)
         if isinstance(sent, BatchRef):
-            await self._track(sent, first_wait=self.options.first_poll)
+            since = self._sent_at.pop(sent.batch_id, None)
+            await self._track(sent, since=self._clock() if since is None else since)
         elif sent is not None:
             for part in sent:  # in turn, in this batch's slot: they replace it
                 await self._submit_and_track(part)
@@ -303,7 +373,9 @@ class Engine:
             self._staged[batch.batch_id] = staged
         if self._checkpoint is not None:
             await self._checkpoint()
-        task = asyncio.ensure_future(provider.submit(self.api, workflow, batch, staged))
+        leaving: list[float] = []
+        with on_send(lambda: leaving.append(self._clock())):  # the task copies the context
+            task = asyncio.ensure_future(provider.submit(self.api, workflow, batch, staged))
         try:
             remote_id = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -313,6 +385,8 @@ class Engine:
                 log.info("recorded batch %s created while stopping", remote_id)
             raise
         self._staged.pop(batch.batch_id, None)
+        if leaving:
+            self._sent_at[batch.batch_id] = leaving[-1]  # the batch started about then
         return remote_id
 
     def _unresolved(self, batch_id: str, keys: tuple[str, ...], why: str) -> bool:
@@ -335,27 +409,42 @@ class Engine:
         )
         return False
 
-    async def _track(self, ref: BatchRef, *, first_wait: float) -> None:
+    async def _track(self, ref: BatchRef, *, since: float | None) -> None:
         """Poll until every row has a terminal result, then store the results.
 
+        ``since``: when the batch's create request left, so the timer knows when to poll it
+        and learns from it; None for a batch resumed from an earlier run, polled at once.
+        Times are those requests *leave*: a busy event loop delays answers, not the batch.
         While some rows wait on the user (``attention``), the rows already finished are
         stored at once, so a deadline or Ctrl-C does not leave them pending with them.
         """
-        wait = first_wait
-        interval = max(self.options.first_poll, 0.0)
+        timer = self.timer
+        now = self._clock()
+        started = now if since is None else since
+        wait = 0.0 if since is None else timer.first_wait(now - started)
+        interval = timer.first_poll if since is None else timer.first_interval()
+        first_poll_at = now - started + wait
+        learn = since is not None
         self._in_flight[ref.batch_id] = ref
         stored: set[str] = set()
+        running_at: float | None = None
         while True:
             if wait > 0:
                 await self._sleep(wait)
+            sent = self._clock() - started
             poll = await self.ctx.provider.poll(self.api, self.ctx.workflow, ref)
             self._note(poll)
             if poll.done:
                 break
+            running_at = sent  # it was still running when that poll left, at least
             if poll.attention:
+                learn = False  # waiting on the user: how long it takes says nothing of the next ones
                 self._store_partial(ref, [r for r in poll.results if r.key not in stored], stored)
-            wait = interval
-            interval = min(max(interval * 2, 0.05), self.options.poll_interval)
+            # Polls leave `interval` apart: the time the answer took counts.
+            wait = max(sent + interval - (self._clock() - started), 0.0)
+            interval = timer.next_interval(interval)
+        if learn:
+            timer.learn(first_poll_at, running_at, sent)
         results = [r for r in _complete(ref, poll.results, self.ctx.provider.name) if r.key not in stored]
         self.store.write_results(self.ctx.scope_id, ref.batch_id, results)
         del self._in_flight[ref.batch_id]

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import contextvars
 import hashlib
 import logging
 import os
 import random
+import ssl
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +43,23 @@ log = logging.getLogger("frame_batch")
 
 Sleep = Callable[[float], Awaitable[None]]
 MAX_BODY_IN_ERROR = 2000
+
+# Called as each request attempt leaves, for whoever set it (``on_send``): the engine learns
+# when a batch's create really went out, retries and a busy event loop aside.
+_ON_SEND: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
+    "frame_batch_on_send", default=None
+)
+
+
+@contextlib.contextmanager
+def on_send(callback: Callable[[], None]) -> Iterator[None]:
+    """Call ``callback`` as each request attempt made in this block leaves, in tasks started
+    in the block too (they copy the context): its last call is the attempt that was answered."""
+    token = _ON_SEND.set(callback)
+    try:
+        yield
+    finally:
+        _ON_SEND.reset(token)
 
 
 class Secret:
@@ -127,12 +148,16 @@ class ApiClient:
         max_connections: int = 16,
         creates_per_minute: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        first_read_retry: float | None = None,
     ) -> None:
         self.config = config
         self.policy = policy or RetryPolicy()
         self.budget = RetryBudget(self.policy.budget)
         self.create_requests = 0  # creates the server saw or may have seen (429 refusals excluded)
         self.retries = 0
+        # The longest first retry wait of a read (Retry-After aside); the engine sets it to its
+        # poll interval: a failed poll is retried no later than the next poll would have come.
+        self.first_read_retry = first_read_retry
         self._secrets = tuple(secrets)
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -141,6 +166,7 @@ class ApiClient:
             base_url=config.base_url,
             headers=dict(config.headers),
             transport=transport,
+            verify=_tls_context() if transport is None else True,  # with a transport, httpx builds none
             timeout=httpx.Timeout(config.timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             follow_redirects=False,
@@ -202,7 +228,7 @@ class ApiClient:
             except httpx.TransportError as exc:
                 if not self._may_retry(attempt):
                     raise self._transport_error("GET", path, exc) from None
-                await self._wait(attempt, None, f"GET {path}: stream broke ({type(exc).__name__})")
+                await self._wait(attempt, None, f"GET {path}: stream broke ({type(exc).__name__})", read=True)
                 attempt += 1
 
     async def _send(
@@ -219,12 +245,15 @@ class ApiClient:
     ) -> httpx.Response:
         sent = {"content-type": "application/json", **(headers or {})} if content is not None else None
         attempt = 0
+        leaving = _ON_SEND.get()
         while True:
             if create and self._pacer is not None:
                 await self._pacer.wait()
             request = self._client.build_request(
                 method, path, json=json, content=content, params=params, headers=sent
             )
+            if leaving is not None:
+                leaving()
             try:
                 response = await self._client.send(request, stream=stream)
             except httpx.TransportError as exc:
@@ -236,7 +265,7 @@ class ApiClient:
                     ) from None
                 if not is_retryable_exception(exc, create=create) or not self._may_retry(attempt):
                     raise self._transport_error(method, path, exc) from None
-                await self._wait(attempt, None, f"{method} {path}: {type(exc).__name__}")
+                await self._wait(attempt, None, f"{method} {path}: {type(exc).__name__}", read=not create)
                 attempt += 1
                 continue
             if create and response.status_code != 429:
@@ -248,7 +277,8 @@ class ApiClient:
                 await response.aread()  # the error body, for the message
             if is_retryable_status(response.status_code, create=create) and self._may_retry(attempt):
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
-                await self._wait(attempt, retry_after, f"{method} {path}: HTTP {response.status_code}")
+                why = f"{method} {path}: HTTP {response.status_code}"
+                await self._wait(attempt, retry_after, why, read=not create)
                 attempt += 1
                 continue
             if create and response.status_code >= 500:
@@ -262,8 +292,9 @@ class ApiClient:
     def _may_retry(self, attempt: int) -> bool:
         return attempt + 1 < self.policy.attempts and self.budget.try_spend()
 
-    async def _wait(self, attempt: int, retry_after: float | None, why: str) -> None:
-        delay = self.policy.wait_for(attempt, retry_after, self._rng)
+    async def _wait(self, attempt: int, retry_after: float | None, why: str, *, read: bool) -> None:
+        first = self.first_read_retry if read else None
+        delay = self.policy.wait_for(attempt, retry_after, self._rng, first=first)
         self.retries += 1
         log.info("%s: retrying in %.2fs (retry %d)", why, delay, attempt + 1)
         await self._sleep(delay)
@@ -313,6 +344,24 @@ class Pacer:
                     log.info("pacing create requests: %d in the last minute, waiting %.2fs", len(sent), delay)
                     await self._sleep(delay)
             sent.append(self._clock())
+
+
+_TLS = threading.local()
+
+
+def _tls_context() -> ssl.SSLContext:
+    """The verifying TLS context httpx would build for ``verify=True``, built once per thread
+    instead of once per client (loading the CA bundle costs ~20 ms). Not shared between
+    threads: httpcore sets ALPN on the context at every connection. Keyed by the variables
+    httpx reads, ``$SSL_CERT_FILE`` and ``$SSL_CERT_DIR``, so changing them still applies."""
+    contexts: dict[tuple[str | None, str | None], ssl.SSLContext] | None = getattr(_TLS, "contexts", None)
+    if contexts is None:
+        contexts = _TLS.contexts = {}
+    key = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    context = contexts.get(key)
+    if context is None:
+        context = contexts[key] = httpx.create_ssl_context()
+    return context
 
 
 def json_or_none(content: bytes | str) -> Any:

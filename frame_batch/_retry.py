@@ -3,7 +3,9 @@
 Rules (reliability notes §1.3):
 - Reads (status, results) are idempotent: retried on connection errors, timeouts, 408, 429
   and 5xx, with full-jitter exponential backoff, honouring ``Retry-After`` (seconds or an HTTP
-  date) up to ``max_retry_after``.
+  date) up to ``max_retry_after``. The first retry of a read may be capped shorter (``first``:
+  the run's poll interval), so a failed poll is retried no later than the next poll would
+  have come; ``Retry-After`` still wins.
 - Creates are retried only when the request certainly never reached the server: a connect
   error or pool timeout, or an explicit 429 refusal. Anything else after sending (a reset, a
   read timeout, a 5xx) is *ambiguous*: the caller reconciles instead of blindly resending.
@@ -42,15 +44,21 @@ class RetryPolicy:
     def testing(cls) -> RetryPolicy:
         return cls(initial=0.0, maximum=0.0, max_retry_after=0.0)
 
-    def backoff(self, attempt: int, rng: random.Random) -> float:
-        """Full jitter: uniform(0, min(maximum, initial * 2**attempt))."""
-        return rng.uniform(0.0, min(self.maximum, self.initial * (2.0**attempt)))
+    def backoff(self, attempt: int, rng: random.Random, *, first: float | None = None) -> float:
+        """Full jitter: uniform(0, min(maximum, initial * 2**attempt)), the first step at most
+        ``first`` when given (later steps keep the schedule, so a long outage is still ridden out)."""
+        ceiling = min(self.maximum, self.initial * (2.0**attempt))
+        if attempt == 0 and first is not None:
+            ceiling = min(ceiling, max(first, 0.0))
+        return rng.uniform(0.0, ceiling)
 
-    def wait_for(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    def wait_for(
+        self, attempt: int, retry_after: float | None, rng: random.Random, *, first: float | None = None
+    ) -> float:
         """The wait before retry number ``attempt`` (0-based), Retry-After taking precedence."""
         if retry_after is not None:
             return min(retry_after, self.max_retry_after)
-        return self.backoff(attempt, rng)
+        return self.backoff(attempt, rng, first=first)
 
 
 class RetryBudget:

@@ -1,0 +1,312 @@
+"""Adaptive polling and read retries, on a fake clock: no real waiting, exact times.
+
+The engine learns how long batches take and polls a new batch just before that; a batch
+slower than expected falls back to polls at most ``poll_interval`` apart. A failed poll is
+retried no later than the next poll would have come, unless the server says Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import certifi
+import httpx
+import orjson
+import pytest
+from conftest import KEY, SPELL
+
+from frame_batch import Respell, RetryPolicy
+from frame_batch._engine import Engine, EngineOptions, EngineReport, PollTimer, RunContext
+from frame_batch._http import ApiClient, _tls_context
+from frame_batch._keys import row_key, scope_of
+from frame_batch._types import Batch
+from frame_batch.store import Store
+from frame_batch.testing import Faults, RespellEmulator
+
+STEP = 0.125  # exact in binary: poll times add up without rounding
+
+
+class FakeClock:
+    """Time moves only when someone sleeps (one batch in flight: sleeps never overlap);
+    each sleep ends ``late`` seconds late, like on a busy event loop."""
+
+    def __init__(self, late: float = 0.0) -> None:
+        self.now = 0.0
+        self.late = late
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds + self.late
+        await asyncio.sleep(0)
+
+
+class Polls:
+    """Every request the emulator answered: (time, route, group id). Each answer takes
+    ``answer_time`` to come back (the clock moves on meanwhile), a create's the next of
+    ``create_answer_times`` when given."""
+
+    def __init__(
+        self,
+        emu: RespellEmulator,
+        clock: FakeClock,
+        answer_time: float = 0.0,
+        create_answer_times: Iterator[float] | None = None,
+    ) -> None:
+        self.emu = emu
+        self.clock = clock
+        self.answer_time = answer_time
+        self.create_answer_times = create_answer_times or iter(())
+        self.seen: list[tuple[float, str, str | None]] = []
+
+    def transport(self) -> httpx.MockTransport:
+        def handle(request: httpx.Request) -> httpx.Response:
+            request.read()
+            route = request.url.path.rsplit("/", 1)[-1]
+            group = orjson.loads(request.content).get("groupId") if route == "getBulkRuns" else None
+            self.seen.append((self.clock.now, route, group))
+            response = self.emu.handler(request)
+            slow = next(self.create_answer_times, None) if route == "bulkStart" else None
+            self.clock.now += self.answer_time if slow is None else slow
+            return response
+
+        return httpx.MockTransport(handle)
+
+    def per_batch(self) -> list[list[float]]:
+        """The times each batch was polled, batches in the order they were first polled."""
+        times: dict[str, list[float]] = {}
+        for moment, route, group in self.seen:
+            if route == "getBulkRuns" and group is not None:
+                times.setdefault(group, []).append(moment)
+        return list(times.values())
+
+
+def batches(count: int, rows: int = 3) -> Iterator[Batch]:
+    scope = scope_of(*Respell(api_key=KEY).scope(SPELL))
+    for b in range(count):
+        payloads = tuple(orjson.dumps({"topic": f"t{b}-{r}"}) for r in range(rows))
+        keys = tuple(row_key(scope, p) for p in payloads)
+        yield Batch(f"batch-{b}", keys, payloads)
+
+
+def run_engine(
+    tmp_path: Path,
+    emu: RespellEmulator,
+    clock: FakeClock,
+    work: Iterator[Batch],
+    *,
+    poll_interval: float,
+    first_poll: float = STEP,
+    policy: RetryPolicy | None = None,
+    api_sleeps: list[float] | None = None,
+    answer_time: float = 0.0,
+    create_answer_times: Iterator[float] | None = None,
+) -> tuple[EngineReport, Polls]:
+    polls = Polls(emu, clock, answer_time, create_answer_times)
+    provider = Respell(api_key=KEY)
+
+    async def api_sleep(seconds: float) -> None:
+        if api_sleeps is not None:
+            api_sleeps.append(seconds)
+        await clock.sleep(seconds)
+
+    api = ApiClient(
+        provider.http_config(),
+        secrets=provider.secrets(),
+        transport=polls.transport(),
+        policy=policy or RetryPolicy.testing(),
+        sleep=api_sleep,
+        rng=random.Random(7),
+    )
+    store = Store(tmp_path / "cache")
+    options = EngineOptions(max_in_flight=1, poll_interval=poll_interval, first_poll=first_poll)
+    engine = Engine(
+        RunContext(provider, SPELL, "scope", "print"), api, store, options, sleep=clock.sleep, clock=clock
+    )
+
+    async def go() -> EngineReport:
+        try:
+            return await engine.run([], work)
+        finally:
+            await api.aclose()
+
+    try:
+        return asyncio.run(go()), polls
+    finally:
+        store.close()
+
+
+# -- the engine, end to end -------------------------------------------------------------------
+def test_later_batches_are_polled_near_when_earlier_ones_finished(tmp_path: Path) -> None:
+    """Batches taking 1 s, polled every 0.125 s at first: 8 polls; once learned, about 2."""
+    clock = FakeClock()
+    emu = RespellEmulator(latency=1.0, clock=clock)
+    report, polls = run_engine(tmp_path, emu, clock, batches(20), poll_interval=STEP)
+    assert report.rows_collected == 60
+    assert report.rows_failed == 0
+    counts = [len(times) for times in polls.per_batch()]
+    assert counts[0] == 8  # nothing learned yet: first_poll, then every poll_interval
+    learned = counts[2:]
+    assert all(1 <= n <= 3 for n in learned), counts
+    assert sum(learned) / len(learned) <= 2.2, counts
+
+
+def test_a_batch_much_slower_than_expected_is_still_polled_every_poll_interval(tmp_path: Path) -> None:
+    """Six 1 s batches teach the timer; the seventh takes 20 s: polled from ~0.9 s on, never
+    more than poll_interval apart (send to send, though answers take 0.1 s), and collected."""
+    clock = FakeClock()
+    emu = RespellEmulator(latency=1.0, clock=clock)
+    interval = 0.5
+
+    def work() -> Iterator[Batch]:
+        for i, batch in enumerate(batches(7)):
+            if i == 6:
+                emu.latency = 20.0  # read when the batch is created
+            yield batch
+
+    report, polls = run_engine(tmp_path, emu, clock, work(), poll_interval=interval, answer_time=0.1)
+    assert report.rows_collected == 21
+    assert report.rows_failed == 0
+    slow = polls.per_batch()[-1]
+    created = max(moment for moment, route, _ in polls.seen if route == "bulkStart")
+    assert 0.5 <= slow[0] - created <= 1.0  # near when the others finished, not at 20 s
+    gaps = [b - a for a, b in itertools.pairwise(slow)]
+    assert max(gaps) == pytest.approx(interval)  # not interval + the 0.1 s the answer took
+    assert slow[-1] - created >= 20.0  # polled until it finished
+    assert slow[-1] - created <= 20.0 + interval
+
+
+def test_time_is_counted_from_when_the_create_left_not_when_its_answer_came(tmp_path: Path) -> None:
+    """Every other create answer comes 0.6 s late (a busy event loop, a slow gateway): the
+    batch still finishes 1 s after its create left, and is polled then, not 0.6 s later."""
+    clock = FakeClock()
+    emu = RespellEmulator(latency=1.0, clock=clock)
+    answers = itertools.cycle([0.0, 0.6])
+    report, polls = run_engine(
+        tmp_path, emu, clock, batches(16), poll_interval=STEP, create_answer_times=answers
+    )
+    assert report.rows_collected == 48
+    created = [moment for moment, route, _ in polls.seen if route == "bulkStart"]
+    learned = list(zip(created, polls.per_batch(), strict=True))[4:]
+    late = [times[-1] - (sent + 1.0) for sent, times in learned]  # done poll after the finish
+    assert all(0.0 <= lag <= STEP for lag in late), late
+    assert sum(len(times) for _, times in learned) / len(learned) <= 2.5
+
+
+def test_batches_that_finish_at_once_are_polled_once_at_first_poll(tmp_path: Path) -> None:
+    """Zero latency: learning must not push the first poll later than first_poll, even when
+    sleeps end late and answers take longer than first_poll to come back."""
+    clock = FakeClock(late=0.003)
+    emu = RespellEmulator(latency=0.0, clock=clock)
+    work = batches(10)
+    report, polls = run_engine(
+        tmp_path, emu, clock, work, poll_interval=1.0, first_poll=0.001, answer_time=0.004
+    )
+    assert report.rows_collected == 30
+    assert [len(times) for times in polls.per_batch()] == [1] * 10
+    assert clock.sleeps == pytest.approx([0.001] * 10)
+
+
+def test_each_first_retry_of_a_read_is_capped_and_retry_after_is_honoured(tmp_path: Path) -> None:
+    """One 5xx per poll over many batches: every retry waits at most poll_interval; a 429
+    saying Retry-After: 1.5 is waited out exactly, longer than poll_interval."""
+    clock = FakeClock()
+    emu = RespellEmulator(latency=0.0, clock=clock, faults=Faults(retry_after=1.5))
+    waits: list[float] = []
+    policy = RetryPolicy(initial=0.5, maximum=30.0)
+
+    def work() -> Iterator[Batch]:
+        for i, batch in enumerate(batches(9)):
+            emu.inject("429" if i == 8 else "500", op="read", count=1)  # this batch's poll fails once
+            yield batch
+
+    report, _ = run_engine(tmp_path, emu, clock, work(), poll_interval=0.05, policy=policy, api_sleeps=waits)
+    assert report.rows_collected == 27
+    assert len(waits) == 9
+    assert all(0.0 <= w <= 0.05 for w in waits[:8]), waits
+    assert waits[8] == 1.5
+
+
+# -- the parts --------------------------------------------------------------------------------
+def test_poll_timer_learns_from_the_polls_of_finished_batches() -> None:
+    timer = PollTimer(first_poll=0.25, poll_interval=5.0)
+    assert (timer.first_wait(), timer.first_interval()) == (0.25, 0.25)  # nothing learned yet
+    timer.learn(0.25, running_at=9.0, done_at=11.0)  # finished between 9 s and 11 s
+    assert 9.0 < timer.expected <= 11.0
+    assert timer.first_wait() == pytest.approx(0.9 * timer.expected)  # a little before
+    assert timer.first_interval() == pytest.approx(0.15 * timer.expected)  # the next just after
+    before = timer.expected
+    timer.learn(9.0, running_at=19.0, done_at=21.0)  # one slower batch moves it, not all the way
+    assert before < timer.expected < 15.0
+
+
+def test_poll_timer_done_at_first_poll_only_pulls_the_expectation_down() -> None:
+    timer = PollTimer(first_poll=0.25, poll_interval=5.0)
+    timer.learn(0.25, running_at=59.0, done_at=61.0)
+    seen = [timer.first_wait()]
+    for _ in range(30):  # batches now finish at once; the poll is answered late (busy loop)
+        timer.learn(seen[-1], running_at=None, done_at=seen[-1] + 3.0)
+        seen.append(timer.first_wait())
+    assert all(b < a for a, b in itertools.pairwise(seen) if a > 0.25)
+    assert seen[-1] < 0.25 * seen[0]  # following the faster batches, never stuck
+
+
+def test_poll_timer_never_polls_sooner_than_first_poll_or_further_apart_than_poll_interval() -> None:
+    timer = PollTimer(first_poll=0.25, poll_interval=5.0)
+    timer.learn(0.25, running_at=0.0, done_at=0.01)  # batches finish at once
+    assert timer.first_wait() == 0.25
+    timer.learn(0.25, running_at=999.0, done_at=1001.0)
+    assert timer.first_interval() == 5.0
+    assert timer.next_interval(5.0) == 5.0
+    assert timer.next_interval(0.25) == 0.5
+
+
+def test_after_an_early_first_poll_the_next_comes_soon_not_first_poll_later(tmp_path: Path) -> None:
+    """first_poll = poll_interval = 0.5 s and 1 s batches: once learned, a batch found
+    running just before 1 s is polled again about 0.15 s later, not 0.5 s later."""
+    clock = FakeClock()
+    emu = RespellEmulator(latency=1.0, clock=clock)
+    report, polls = run_engine(tmp_path, emu, clock, batches(12), poll_interval=0.5, first_poll=0.5)
+    assert report.rows_collected == 36
+    created = [moment for moment, route, _ in polls.seen if route == "bulkStart"]
+    learned = list(zip(created, polls.per_batch(), strict=True))[3:]
+    late = [times[-1] - (sent + 1.0) for sent, times in learned]
+    assert all(0.0 <= lag <= 0.2 for lag in late), late
+
+
+def test_read_backoff_first_step_is_capped_and_later_steps_keep_the_schedule() -> None:
+    rng = random.Random(3)
+    policy = RetryPolicy(initial=0.5, maximum=30.0, max_retry_after=120.0)
+    firsts = [policy.wait_for(0, None, rng, first=0.02) for _ in range(200)]
+    assert max(firsts) <= 0.02
+    seconds = [policy.wait_for(1, None, rng, first=0.02) for _ in range(200)]
+    assert max(seconds) > 0.5  # attempt 1 still draws from up to initial * 2
+    assert max(seconds) <= 1.0
+    uncapped = [policy.wait_for(0, None, rng) for _ in range(200)]
+    assert max(uncapped) > 0.1  # creates, and clients without a poll interval: unchanged
+    assert policy.wait_for(0, 1.5, rng, first=0.02) == 1.5  # Retry-After wins over the cap
+
+
+def test_the_tls_context_is_built_once_per_thread_and_ca_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    default = _tls_context()
+    assert _tls_context() is default
+    elsewhere: list[ssl.SSLContext] = []
+    thread = threading.Thread(target=lambda: elsewhere.append(_tls_context()))
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not default  # httpcore sets ALPN on it per connection: not shared
+    monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+    custom = _tls_context()
+    assert custom is not default
+    assert _tls_context() is custom
