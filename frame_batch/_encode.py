@@ -205,6 +205,11 @@ def encode_frame(
     return _chunks(df, names, labels, positions, converters, chunk_rows)
 
 
+# The first chunk is small so the first batch leaves in milliseconds; chunks then grow to
+# ``chunk_rows`` (per-chunk costs are paid once per thousands of rows again).
+FIRST_CHUNK_ROWS = 1_000
+
+
 def _converter(dtype: object, name: str, files: FileInputs | None) -> Callable[[pd.Series], _Column]:
     """How one column is converted: files look at object (and path) columns value by value."""
     if files is None:
@@ -223,12 +228,14 @@ def _chunks(
     converters: list[Callable[[pd.Series], _Column]],
     chunk_rows: int,
 ) -> Iterator[EncodedChunk]:
-    for start in range(0, len(df), chunk_rows):
-        stop = min(start + chunk_rows, len(df))
+    start, size = 0, min(chunk_rows, FIRST_CHUNK_ROWS)
+    while start < len(df):
+        stop = min(start + size, len(df))
         columns = [
             convert(df.iloc[start:stop, pos]) for convert, pos in zip(converters, positions, strict=True)
         ]
         yield _assemble(df.index, start, names, labels, columns)
+        start, size = stop, min(chunk_rows, size * 4)
 
 
 class _Column(NamedTuple):

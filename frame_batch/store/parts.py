@@ -50,6 +50,10 @@ class PartStore:
     def __init__(self, root: Path, *, files: Path) -> None:
         self.root = root
         self.files = files  # file outputs are saved here before the part that names them
+        # The tables of the parts this process wrote, by path: reading them back (the end of
+        # a run, a snapshot) costs ~1 ms a file from disk and nothing from here. Parts are
+        # never changed once written, and the run holds the cache lock, so these stay true.
+        self._written: dict[Path, pa.Table] = {}
 
     def write(self, scope: str, batch_id: str, results: Sequence[RowResult]) -> Path:
         """Write one batch's results durably; return the part's path."""
@@ -65,11 +69,11 @@ class PartStore:
         for _ in range(_READ_TRIES):
             paths = self.parts(scope)
             try:
-                return _read_all(paths, columns), len(paths)
+                return self._read_all(paths, columns), len(paths)
             except FileNotFoundError:
                 continue  # merged away while listed (``compact`` from the run's thread): list again
         paths = self.parts(scope)
-        return _read_all(paths, columns), len(paths)
+        return self._read_all(paths, columns), len(paths)
 
     def parts(self, scope: str) -> list[Path]:
         folder = self.root / scope
@@ -83,10 +87,11 @@ class PartStore:
         paths = self.parts(scope)
         if len(paths) < COMPACT_AFTER:
             return None
-        table = latest(_read_all(paths, None))
+        table = latest(self._read_all(paths, None))
         self._publish(scope, f"{MERGED}{uuid.uuid4().hex}.parquet", table)
         for path in paths:
             path.unlink(missing_ok=True)
+            self._written.pop(path, None)
         return table
 
     def _publish(self, scope: str, name: str, table: pa.Table) -> Path:
@@ -96,28 +101,36 @@ class PartStore:
         with atomic_write(final) as handle:
             # lz4: a part is read once or twice before it is merged; zstd costs 3x the CPU
             pq.write_table(table, handle, compression="lz4")
+        self._written[final] = table
         return final
+
+    def _read_all(self, paths: Sequence[Path], columns: Sequence[str] | None) -> pa.Table:
+        if not paths:
+            names = RESULT_SCHEMA.names if columns is None else [c for c in columns if c != OUTPUTS]
+            return RESULT_SCHEMA.empty_table().select(names)
+        return unify([self._read_one(p, columns) for p in paths])
+
+    def _read_one(self, path: Path, columns: Sequence[str] | None) -> pa.Table:
+        table = self._written.get(path)
+        if table is not None:
+            return table.select(_wanted(table.schema.names, columns))
+        return _read_file(path, columns)
 
 
 _READ_TRIES = 5
 
 
-def _read_all(paths: Sequence[Path], columns: Sequence[str] | None) -> pa.Table:
-    if not paths:
-        names = RESULT_SCHEMA.names if columns is None else [c for c in columns if c != OUTPUTS]
-        return RESULT_SCHEMA.empty_table().select(names)
-    return unify([_read_one(p, columns) for p in paths])
+def _wanted(names: Sequence[str], columns: Sequence[str] | None) -> list[str]:
+    if columns is None:
+        return list(names)
+    return [n for n in names if n in columns or (OUTPUTS in columns and (is_output(n) or n == LEGACY))]
 
 
-def _read_one(path: Path, columns: Sequence[str] | None) -> pa.Table:
+def _read_file(path: Path, columns: Sequence[str] | None) -> pa.Table:
     handle = pq.ParquetFile(path)
     names = handle.schema_arrow.names
     legacy = LEGACY in names
-    wanted = (
-        names
-        if columns is None
-        else [n for n in names if n in columns or (OUTPUTS in columns and (is_output(n) or n == LEGACY))]
-    )
+    wanted = _wanted(names, columns)
     table = handle.read(columns=wanted)
     if legacy and LEGACY in wanted:
         texts = table[LEGACY].to_pylist()
