@@ -94,8 +94,11 @@ def _add_column(digest: hashlib.blake2b, column: pd.Series) -> bool:
     except (pa.ArrowException, ValueError, TypeError, UnicodeError):
         return False
     chunks = array.chunks if isinstance(array, pa.ChunkedArray) else [array]
-    for chunk in chunks:
-        _add_array(digest, chunk)
+    if len(chunks) != 1 or chunks[0].offset:
+        # Equal values read back in other pieces (Parquet row groups, a slice) would hash
+        # differently: one fresh array makes the layout the values' own.
+        chunks = [pa.concat_arrays(chunks) if chunks else pa.array([], array.type)]
+    _add_array(digest, chunks[0])
     return True
 
 
@@ -105,7 +108,9 @@ def _add_array(digest: hashlib.blake2b, array: pa.Array) -> None:
         _add_array(digest, array.dictionary)
         return
     digest.update(orjson.dumps([str(array.type), len(array), array.offset, array.null_count]))
-    for buffer in array.buffers():
+    for i, buffer in enumerate(array.buffers()):
+        if i == 0 and array.null_count == 0:
+            buffer = None  # no nulls: an all-valid bitmap and none at all say the same
         if buffer is None:
             digest.update(b"\x00" * 8)
         else:
