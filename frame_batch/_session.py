@@ -212,7 +212,11 @@ class Session:
             elif store.parts_written != written:
                 stored = store.latest(setup.scope_id, JOINED)
             self._record_plan(stored)
-            stored = stored.select([n for n in stored.column_names if n not in UNJOINED])
+            # Only what the join reads stays in memory (with the positions found, not even the
+            # keys), and the parts this run wrote are let go: the frame is built next.
+            unused = UNJOINED if self.known is None else (*UNJOINED, "key")
+            stored = stored.select([n for n in stored.column_names if n not in unused])
+            store.parts.forget()
             return Outcome(api.create_requests, report, stored)
         finally:
             await api.aclose()
