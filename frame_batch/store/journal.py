@@ -148,7 +148,15 @@ class Journal:
         self._set(batch_id, "submitted", remote_id=remote_id)
 
     def collected(self, batch_id: str) -> None:
-        self._set(batch_id, "collected")
+        """Mark a batch collected. Its part is on disk (fsynced) before this is called, and a
+        batch left open with its part there is closed from it on the next run
+        (``Store.open_batches``), so this commit does not wait for the disk: the next FULL
+        commit flushes it with the rest of the log. One fsync less per batch."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._set(batch_id, "collected")
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def rejected(self, batch_id: str, note: str) -> None:
         self._set(batch_id, "rejected", note=note)
