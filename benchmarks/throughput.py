@@ -28,8 +28,9 @@ import gc
 from typing import Any
 
 import frame_batch
-from benchmarks._common import API_KEY, WORKFLOW, Json, clocked, make_frame, run_worker, scratch_dir
+from benchmarks._common import WORKFLOW, Json, clocked, make_frame, run_worker, scratch_dir
 from benchmarks._emulator import EmulatorProcess
+from benchmarks.overhead import options
 
 LATENCY = 0.2
 POLL_INTERVAL = 0.02  # L / 10: a finished batch waits ~10 ms for its poll on average
@@ -107,20 +108,14 @@ def cell(
     with EmulatorProcess("respell", tuned=tuned, **knobs) as emulator, scratch_dir() as cache:
         before = emulator.stats()
         with clocked() as clock:
-            options = _options(emulator.url, batch_size, in_flight, poll)
-            result = frame_batch.run(df, WORKFLOW, cache=cache, **options)
+            run_options = _options(emulator.url, batch_size, in_flight, poll)
+            result = frame_batch.run(df, WORKFLOW, cache=cache, **run_options)
         after = emulator.stats()
     return _cell_report(batch_size, in_flight, rows, result, clock.cpu_s, clock.wall_s, before, after)
 
 
 def _options(url: str, batch_size: int, in_flight: int, poll: float) -> Json:
-    return {
-        "provider": frame_batch.Respell(base_url=url, api_key=API_KEY),
-        "batch_size": batch_size,
-        "max_in_flight": in_flight,
-        "poll_interval": poll,
-        "progress": False,
-    }
+    return {**options(url), "batch_size": batch_size, "max_in_flight": in_flight, "poll_interval": poll}
 
 
 def _cell_report(

@@ -59,13 +59,12 @@ class Outcome:
 
 @dataclass(frozen=True, slots=True)
 class KnownJoin:
-    """Every row's key, and where its result is in the stored table: from a recorded plan
-    (``adopted``), or found once at the end of the run, for both the plan and the join."""
+    """Every row's key, and where its result is in the stored table: from a recorded plan,
+    or found once at the end of the run, for both the plan and the join."""
 
     keys: pa.Array
     indexer: pa.Array
     unique: int  # distinct keys
-    adopted: bool = False  # the plan was read, not computed: nothing was planned this run
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +250,7 @@ class Session:
         self.state.known = known.keys
         self.state.errors = dict(known.errors)
         self.state.cached = len(known.keys) - known.keys.null_count
-        self.known = KnownJoin(known.keys, indexer, known.unique, adopted=True)
+        self.known = KnownJoin(known.keys, indexer, known.unique)
         return True
 
     def _positions(self, known: KnownPlan, stored: pa.Table) -> pa.Array:

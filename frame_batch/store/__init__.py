@@ -29,10 +29,9 @@ import pyarrow.compute as pc
 from .._types import RowResult
 from ..errors import StoreError
 from .journal import Journal, JournalBatch
-from .parts import MERGED, OUTPUTS, RESULT_SCHEMA, PartStore
+from .parts import MERGED, OUTPUTS, RESULT_SCHEMA, PartStore, part_name
 
 __all__ = [
-    "ALL_COLUMNS",
     "JOINED",
     "MERGED",
     "OUTPUTS",
@@ -131,12 +130,14 @@ class Store:
         (parts are atomic) and the batch open. Polling it again would be wasted, and for a
         vendor whose answer came with the create (nothing to poll) it would store the
         paid-for rows as lost over their results."""
-        batches = self.journal.open_batches(scope)
         stored = {p.name for p in self.parts.parts(scope)}
-        for batch in batches:
-            if f"part-{batch.batch_id}.parquet" in stored:
+        still_open = []
+        for batch in self.journal.open_batches(scope):
+            if part_name(batch.batch_id) in stored:
                 self.journal.collected(batch.batch_id)
-        return [b for b in batches if f"part-{b.batch_id}.parquet" not in stored]
+            else:
+                still_open.append(batch)
+        return still_open
 
     def write_partial(self, scope: str, batch_id: str, part: int, results: list[RowResult]) -> None:
         """Persist some rows of a batch that is still open (it stays ``submitted``)."""
@@ -147,16 +148,10 @@ class Store:
         self, scope: str, *, retry_failed: bool = False, latest: pa.Table | None = None
     ) -> set[str]:
         """Keys whose latest stored result is final: they are never submitted again."""
-        return set(self.done_array(scope, retry_failed=retry_failed, latest=latest).to_pylist())
-
-    def done_array(
-        self, scope: str, *, retry_failed: bool = False, latest: pa.Table | None = None
-    ) -> pa.Array:
-        """``done_keys`` as an Arrow array (unique keys), for vectorized lookups."""
         table = self.latest(scope, columns=("key", "status")) if latest is None else latest
         final = ("succeeded",) if retry_failed else FINAL_STATUSES
         mask = pc.is_in(table["status"], value_set=pa.array(final))
-        return table["key"].filter(mask).combine_chunks()
+        return set(table.filter(mask)["key"].to_pylist())
 
     def latest(self, scope: str, columns: Iterable[str] = ALL_COLUMNS) -> pa.Table:
         """One row per key: the most recently collected result."""

@@ -44,6 +44,11 @@ MERGED = "part-merged-"  # the name's start of a part written by ``compact``
 COMPACT_AFTER = 32  # parts of one scope before a finished run merges them into one
 
 
+def part_name(batch_id: str) -> str:
+    """The file name of a batch's part: its existence says the batch's results are stored."""
+    return f"part-{batch_id}.parquet"
+
+
 class PartStore:
     """The directory of result parts."""
 
@@ -57,7 +62,7 @@ class PartStore:
 
     def write(self, scope: str, batch_id: str, results: Sequence[RowResult]) -> Path:
         """Write one batch's results durably; return the part's path."""
-        return self._publish(scope, f"part-{batch_id}.parquet", _to_table(batch_id, results, self.files))
+        return self._publish(scope, part_name(batch_id), _to_table(batch_id, results, self.files))
 
     def read(self, scope: str, columns: Sequence[str] | None = None) -> pa.Table:
         """Every stored result of ``scope`` (one row per key and batch, in no set order).
