@@ -38,6 +38,7 @@ from ._retry import (
     parse_retry_after,
 )
 from ._sse import aiter_events
+from ._transport import PooledTransport, env_proxies
 
 log = logging.getLogger("frame_batch")
 
@@ -162,13 +163,16 @@ class ApiClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._pacer = Pacer(creates_per_minute, clock, sleep) if creates_per_minute else None
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        if transport is None and not env_proxies():
+            transport = PooledTransport(_tls_context(), limits)  # see _transport: cheaper pool checks
         self._client = httpx.AsyncClient(
             base_url=config.base_url,
             headers=dict(config.headers),
             transport=transport,
             verify=_tls_context() if transport is None else True,  # with a transport, httpx builds none
             timeout=httpx.Timeout(config.timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            limits=limits,
             follow_redirects=False,
         )
 
