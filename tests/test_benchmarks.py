@@ -1,0 +1,62 @@
+"""The benchmark harness (``benchmarks/``) still runs: each suite's measurement, at a tiny size,
+in a worker process against an emulator process, as ``python -m benchmarks`` runs it.
+
+Nothing here asserts a time or a rate (performance is measured by the harness, never by
+tests): only that every row ends succeeded, that the counts the tables are built from are
+there, and that a no-op resume sends nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.e2e
+
+
+def worker(target: str, **params: Any) -> dict[str, Any]:
+    """``benchmarks.<module>:<function>`` with ``params``, the way the harness calls it."""
+    command = [sys.executable, "-m", "benchmarks._worker", target, json.dumps(params)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+def test_overhead_memory_and_resume_measure_a_small_run() -> None:
+    overhead = worker("benchmarks.overhead:measure", rows=3000, reps=1, profile=False)
+    assert overhead["rows"] == 3000
+    assert overhead["client_cpu_us_per_row"] > 0
+    memory = worker("benchmarks.memory:measure", rows=2000)
+    assert memory["succeeded"] == 2000
+    assert memory["peak_rss_mib"] >= memory["imports_rss_mib"] > 0
+    resume = worker("benchmarks.resume:measure", rows=2000, reps=1)
+    assert resume["first_run_succeeded"] == 2000
+    assert (resume["resume_creates_client"], resume["resume_creates_server"]) == (0, 0)
+    assert resume["resume_cached"] == 2000
+
+
+@pytest.mark.parametrize(
+    "faults", [None, {"rate_5xx": 0.05, "rate_429": 0.05, "on": "all", "retry_after": 0.05}]
+)
+def test_a_throughput_cell_counts_its_requests(faults: dict[str, Any] | None) -> None:
+    cell = worker("benchmarks.throughput:cell", batch_size=10, in_flight=2, rounds=3, faults=faults)
+    assert cell["rows"] == cell["succeeded"] == 60
+    assert cell["requests"]["getBulkRuns"] >= cell["create_requests"] >= 6
+    assert cell["efficiency"] > 0
+
+
+@pytest.mark.parametrize("pair", ["apply_pair", "parallel_pair", "vectorshift_pair"])
+def test_each_comparison_runs_both_clients_on_the_same_rows(pair: str) -> None:
+    rows = 4 if pair == "apply_pair" else 20
+    answer = worker(f"benchmarks.compare:{pair}", rows=rows, reps=1)
+    lines = answer["lines"]
+    assert [line["succeeded"] for line in lines] == [rows] * len(lines)
+    assert {line["frame_batch"] for line in lines} == {True, False}  # the alternative and us
