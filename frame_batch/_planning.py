@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from ._memory import release_if_grown as release_memory_if_grown
+from ._rowkeys import KeySet, RowKeys
 from ._types import Batch, EncodedChunk
 
 
@@ -106,15 +108,15 @@ class Budget:
 class PlanState:
     """What planning learned about every row while streaming batches out."""
 
-    keys: list[str | None] = field(default_factory=list)  # per frame position; None = skipped
+    keys: RowKeys = field(default_factory=RowKeys)  # per frame position; None = skipped
     errors: dict[int, str] = field(default_factory=dict)  # position -> reason for skipping
     cached: int = 0  # rows whose key already had a stored result
     in_flight: int = 0  # rows whose key is in a batch submitted by an earlier run
     held: int = 0  # rows not sent because the budget (max_rows=/max_cost=) was reached
-    planned: set[str] = field(default_factory=set)  # unique keys sent (or to send) this run
+    planned: KeySet = field(default_factory=KeySet)  # unique keys sent (or to send) this run
     batches: int = 0
-    # Every row's key read from a recorded plan (``_manifest``) instead of planned: ``keys``
-    # is filled from it only when asked (``key_list``), a million Python strings saved.
+    # Every row's key read from a recorded plan (``_manifest``) instead of planned, or moved
+    # there once planning is over: ``keys`` is then empty.
     known: pa.Array | None = None
 
     @property
@@ -122,10 +124,12 @@ class PlanState:
         return len(self.known) if self.known is not None else len(self.keys)
 
     def key_list(self) -> list[str | None]:
-        """Every planned row's key (None: skipped), as a list."""
-        if self.known is not None and len(self.keys) != len(self.known):
-            self.keys = self.known.to_pylist()
-        return self.keys
+        """Every planned row's key (None: skipped), as a new list."""
+        return self.known.to_pylist() if self.known is not None else self.keys.to_list()
+
+    def key_array(self) -> pa.Array:
+        """Every planned row's key (null: skipped), as one Arrow array."""
+        return self.known if self.known is not None else self.keys.array()
 
 
 def plan_batches(
@@ -148,13 +152,17 @@ def plan_batches(
     size = 0
     for chunk in chunks:
         state.errors.update(chunk.errors)
-        for payload in chunk.payloads:
-            if payload is None:
-                state.keys.append(None)
+        chunk_keys = [None if p is None else key_of(p) for p in chunk.payloads]
+        # Keys planned in earlier chunks, found in one vectorised search; this chunk's
+        # own repeats are in ``planned.recent``.
+        earlier = state.planned.contains([k for k in chunk_keys if k is not None])
+        seen = iter(earlier.tolist())
+        row_keys, recent, base = state.keys.current, state.planned.recent, len(state.keys)
+        for i, (payload, key) in enumerate(zip(chunk.payloads, chunk_keys, strict=True)):
+            row_keys.append(key)
+            if payload is None or key is None:
                 continue
-            key = key_of(payload)
-            state.keys.append(key)
-            if key in state.planned:
+            if next(seen) or key in recent:
                 continue  # a duplicate of a row already planned: fanned out at join time
             if is_done(key):
                 state.cached += 1
@@ -162,10 +170,10 @@ def plan_batches(
             if in_flight(key):
                 state.in_flight += 1
                 continue
-            too_big = _too_big(payload, len(state.keys) - 1, max_bytes, max_chars)
+            too_big = _too_big(payload, base + i, max_bytes, max_chars)
             if too_big is not None:
-                state.errors[len(state.keys) - 1] = too_big
-                state.keys[-1] = None
+                state.errors[base + i] = too_big
+                row_keys[-1] = None
                 continue
             if budget is not None and not budget.admit(payload):
                 state.held += 1
@@ -173,10 +181,15 @@ def plan_batches(
             if keys and (len(keys) >= rows_limit() or size + len(payload) > max_bytes):
                 yield _batch(keys, payloads, state)
                 keys, payloads, size = [], [], 0
-            state.planned.add(key)
+            recent.add(key)
             keys.append(key)
             payloads.append(payload)
             size += len(payload)
+        # The chunk's keys leave Python objects for Arrow and numpy (see ``_rowkeys``), and
+        # what the chunk's payloads and answers took goes back to the system (``_memory``).
+        state.keys.seal()
+        state.planned.seal()
+        release_memory_if_grown()
     if keys:
         yield _batch(keys, payloads, state)
 

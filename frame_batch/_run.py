@@ -23,6 +23,7 @@ from ._files import FileOutputs
 from ._planning import Budget, PlanState
 from ._progress import TqdmProgress
 from ._retry import RetryPolicy
+from ._rowkeys import count_unique
 from ._session import RunResult, Session
 from ._setup import DEFAULT_CACHE, Cache, Inputs, RunOptions, resolve, stream_batches
 from ._sync import run_sync
@@ -228,8 +229,9 @@ def plan(df: pd.DataFrame, workflow: str, **options: Any) -> PlanReport:
         batches = sum(
             1 for _ in stream_batches(df, setup, state, done, in_flight, opts.chunk_rows, budget=budget)
         )
-    valid = sum(k is not None for k in state.keys)
-    unique = len({k for k in state.keys if k is not None})
+    keys = state.key_array()
+    valid = len(keys) - keys.null_count
+    unique = count_unique(keys)
     return PlanReport(
         rows=state.rows,
         skipped=state.rows - valid,

@@ -31,11 +31,13 @@ from ._cost import CostModel, check_cost_options
 from ._engine import Engine, EngineOptions, EngineReport, RunContext
 from ._files import FileReader, check_file_outputs
 from ._http import ApiClient
-from ._join import join_results, with_pending
+from ._join import Handover, array_with_pending, join_results, with_pending
 from ._keys import fingerprint
 from ._manifest import KnownPlan, Plans, input_columns
 from ._manifest import fingerprint as frame_fingerprint
+from ._memory import release as release_memory
 from ._planning import BatchSizer, Budget, PlanState
+from ._rowkeys import RowKeys, count_unique
 from ._setup import RunOptions, Setup, resolve, stream_batches
 from ._types import ProgressCallback, RunSummary
 from .store import FINAL_STATUSES, JOINED, MERGED, OUTPUTS, Store
@@ -53,7 +55,7 @@ class Outcome:
 
     create_requests: int
     report: EngineReport
-    stored: pa.Table
+    stored: Handover  # taken apart by the join
     stopped: str | None = None  # why the run ended early: "cancelled", a deadline...
 
 
@@ -203,6 +205,7 @@ class Session:
                 report = await engine.run(refs, batches)
             if self.saver is not None:
                 await self.saver.write(final=True)
+            release_memory()  # the network stage's buffers, before results are merged and joined
             # Many parts are merged into one, so the next run starts by reading one file.
             # Otherwise, nothing written since (a resumed, finished run): ``stored`` is current.
             merged = store.compact(setup.scope_id)
@@ -210,13 +213,15 @@ class Session:
                 stored = merged
             elif store.parts_written != written:
                 stored = store.latest(setup.scope_id, JOINED)
+            release_memory()  # the merge's write buffers
             self._record_plan(stored)
             # Only what the join reads stays in memory (with the positions found, not even the
             # keys), and the parts this run wrote are let go: the frame is built next.
             unused = UNJOINED if self.known is None else (*UNJOINED, "key")
             stored = stored.select([n for n in stored.column_names if n not in unused])
             store.parts.forget()
-            return Outcome(api.create_requests, report, stored)
+            release_memory()  # the parts' tables and the merge's buffers: the join comes next
+            return Outcome(api.create_requests, report, Handover(stored))
         finally:
             await api.aclose()
 
@@ -266,12 +271,13 @@ class Session:
         its keys and result positions for this run's join too."""
         if self.known is not None or self.state.rows != len(self.df):
             return
-        keys = pa.array(self.state.keys, pa.string())
+        # From here the keys are one Arrow array (``key_list`` makes a list if asked), and
+        # the chunks they were planned in are let go before Arrow hashes them below.
+        keys = self.state.key_array()
+        self.state.known, self.state.keys = keys, RowKeys()
+        release_memory()
         indexer = pc.index_in(keys, value_set=stored["key"])
-        self.known = KnownJoin(keys, indexer, self._unique_inputs())
-        # From here the keys live in Arrow (a million Python strings freed before the join);
-        # ``key_list`` makes the list again if anything asks for it.
-        self.state.known, self.state.keys = keys, []
+        self.known = KnownJoin(keys, indexer, count_unique(keys, indexer))
         if self.print_:
             parts = self.store.parts.parts(self.setup.scope_id)
             merged = parts[0].name if len(parts) == 1 and parts[0].name.startswith(MERGED) else None
@@ -299,7 +305,7 @@ class Session:
         """The outcome of a run cancelled on purpose (``Job.cancel``): what is stored so far."""
         report = self.engine.report if self.engine is not None else EngineReport()
         creates = self.api.create_requests if self.api is not None else 0
-        return Outcome(creates, report, self.store.latest(self.setup.scope_id), stopped=why)
+        return Outcome(creates, report, Handover(self.store.latest(self.setup.scope_id)), stopped=why)
 
     def view(self) -> Outcome:
         """Every row's key and the stored results, with nothing sent (a job that ended)."""
@@ -310,7 +316,7 @@ class Session:
             self.df, self.setup, self.state, done, set(), self.options.chunk_rows, None, nothing
         ):
             pass
-        return Outcome(0, EngineReport(), stored)
+        return Outcome(0, EngineReport(), Handover(stored))
 
     def snapshot(self) -> pd.DataFrame:
         """The frame so far: rows not planned or not finished yet are ``pending``. Safe from
@@ -327,7 +333,8 @@ class Session:
     def finish(self, outcome: Outcome) -> RunResult:
         self.store.journal.record_spend(self.setup.scope_id, self.budget.costed, self.budget.spent)
         known = self.known
-        keys = known.keys if known else with_pending(self.state.keys, len(self.df))  # unplanned: pending
+        # Rows never planned (a limit or the deadline stopped planning) join as pending.
+        keys = known.keys if known else array_with_pending(self.state.key_array(), len(self.df))
         frame, status = join_results(
             self.df,
             keys,
@@ -374,7 +381,7 @@ class Session:
     def _unique_inputs(self) -> int:
         if self.known is not None:
             return self.known.unique
-        return len({k for k in self.state.keys if k is not None})
+        return count_unique(self.state.key_array())
 
     def _notes(self, outcome: Outcome) -> list[str]:
         report = outcome.report

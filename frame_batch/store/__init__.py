@@ -26,6 +26,7 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .._rowkeys import all_distinct
 from .._types import RowResult
 from ..errors import StoreError
 from .journal import Journal, JournalBatch
@@ -171,7 +172,7 @@ class Store:
 def newest_per_key(table: pa.Table, *, unique: bool = False) -> pa.Table:
     """The newest row (largest ``finished_at``) of each key; ``unique``: each key is known
     to be there once (one part: one batch, or a merge) and the table is kept as is."""
-    if unique or table.num_rows == 0 or pc.count_distinct(table["key"]).as_py() == table.num_rows:
+    if unique or table.num_rows == 0 or all_distinct(table["key"]):
         return table
     table = table.sort_by("finished_at")  # stable: ties keep their order
     reversed_table = table.take(pa.array(range(table.num_rows - 1, -1, -1)))
