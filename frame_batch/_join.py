@@ -190,7 +190,7 @@ def _take(column: pa.ChunkedArray, indexer: pa.Array) -> pa.Array:
     # concatenates them anyway, at over twice the cost (0.15 s against 0.06 s at 1M rows).
     taken = column.combine_chunks().take(indexer)
     del column
-    release_memory()
+    release_memory(len(indexer))
     return taken
 
 

@@ -20,9 +20,16 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
+RELEASE_FROM_ROWS = 250_000  # smaller runs peak low anyway; releasing costs page faults
 
-def release() -> None:
-    """Return memory the allocators hold but nothing uses. Costs a few ms at 1M rows."""
+
+def release(rows: int) -> None:
+    """Return memory the allocators hold but nothing uses, in a run of ``rows`` rows.
+
+    Memory given back is faulted in again when the next stage allocates (at 100k rows that
+    cost ~0.5 µs a row, for a peak that did not matter), so only big runs release."""
+    if rows < RELEASE_FROM_ROWS:
+        return
     pa.default_memory_pool().release_unused()
     trim = _malloc_trim()
     if trim is not None:
@@ -30,13 +37,12 @@ def release() -> None:
     _last[0] = _resident()
 
 
-def release_if_grown(step: int = 64 * 2**20) -> None:
-    """``release``, if the process grew by ``step`` bytes since the last time. Between the
-    stages of a run: releasing after every chunk cost ~1.4 µs a row in page faults, as the
-    next chunk took the same memory back from the system."""
-    resident = _resident()
-    if resident - _last[0] >= step:
-        release()
+def release_if_grown(rows: int, step: int = 64 * 2**20) -> None:
+    """``release``, if the process grew by ``step`` bytes since the last time. Within a
+    stage: releasing after every chunk cost ~1.4 µs a row in page faults, as the next chunk
+    took the same memory back from the system."""
+    if rows >= RELEASE_FROM_ROWS and _resident() - _last[0] >= step:
+        release(rows)
 
 
 _last = [0]  # resident bytes after the last release

@@ -189,7 +189,7 @@ def plan_batches(
         # what the chunk's payloads and answers took goes back to the system (``_memory``).
         state.keys.seal()
         state.planned.seal()
-        release_memory_if_grown()
+        release_memory_if_grown(len(state.keys))
     if keys:
         yield _batch(keys, payloads, state)
 

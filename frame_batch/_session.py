@@ -205,7 +205,8 @@ class Session:
                 report = await engine.run(refs, batches)
             if self.saver is not None:
                 await self.saver.write(final=True)
-            release_memory()  # the network stage's buffers, before results are merged and joined
+            # The network stage's buffers go back before results are merged and joined.
+            release_memory(len(self.df))
             # Many parts are merged into one, so the next run starts by reading one file.
             # Otherwise, nothing written since (a resumed, finished run): ``stored`` is current.
             merged = store.compact(setup.scope_id)
@@ -213,14 +214,14 @@ class Session:
                 stored = merged
             elif store.parts_written != written:
                 stored = store.latest(setup.scope_id, JOINED)
-            release_memory()  # the merge's write buffers
+            release_memory(len(self.df))  # the merge's write buffers
             self._record_plan(stored)
             # Only what the join reads stays in memory (with the positions found, not even the
             # keys), and the parts this run wrote are let go: the frame is built next.
             unused = UNJOINED if self.known is None else (*UNJOINED, "key")
             stored = stored.select([n for n in stored.column_names if n not in unused])
             store.parts.forget()
-            release_memory()  # the parts' tables and the merge's buffers: the join comes next
+            release_memory(len(self.df))  # the parts' tables and the merge's buffers: the join comes next
             return Outcome(api.create_requests, report, Handover(stored))
         finally:
             await api.aclose()
@@ -275,7 +276,7 @@ class Session:
         # the chunks they were planned in are let go before Arrow hashes them below.
         keys = self.state.key_array()
         self.state.known, self.state.keys = keys, RowKeys()
-        release_memory()
+        release_memory(len(self.df))
         indexer = pc.index_in(keys, value_set=stored["key"])
         self.known = KnownJoin(keys, indexer, count_unique(keys, indexer))
         if self.print_:

@@ -14,7 +14,7 @@ from conftest import SPELL
 
 from frame_batch._join import Handover, join_results
 from frame_batch._keys import row_key, scope_of
-from frame_batch._memory import release, release_if_grown
+from frame_batch._memory import RELEASE_FROM_ROWS, release, release_if_grown
 from frame_batch._planning import PlanState, plan_batches
 from frame_batch._rowkeys import KeySet, RowKeys, all_distinct, count_unique
 from frame_batch._types import EncodedChunk
@@ -210,7 +210,8 @@ def test_a_handed_over_table_joins_as_the_table_would_and_is_let_go() -> None:
 def test_release_returns_and_can_be_asked_often() -> None:
     """Giving memory back is safe at any moment (no error, nothing freed that is used)."""
     table = pa.table({"x": list(range(100_000))})
-    release()
-    release_if_grown(step=0)
-    release_if_grown()
+    for rows in (10, RELEASE_FROM_ROWS):
+        release(rows)
+        release_if_grown(rows, step=0)
+        release_if_grown(rows)
     assert table["x"][99_999].as_py() == 99_999

@@ -12,6 +12,7 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from conftest import topics
 
 import frame_batch
@@ -19,6 +20,7 @@ from frame_batch import VectorShift
 from frame_batch._join import join_results
 from frame_batch._types import RowResult
 from frame_batch.store import Store
+from frame_batch.store.columns import output_columns
 from frame_batch.store.parts import COMPACT_AFTER
 from frame_batch.testing import RespellEmulator, VectorShiftEmulator
 
@@ -166,3 +168,34 @@ def test_a_batch_stored_but_not_journaled_keeps_its_results(tmp_path: Path) -> N
     assert not emu.charges()
     assert (again.frame["bulk_status"] == "succeeded").all()
     pd.testing.assert_frame_equal(again.frame, first.frame)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "expected"),
+    [
+        # flat maps of plain types: one Arrow call; None and {} rows are nulls
+        (
+            [{"a": 1, "b": "x"}, None, {}],
+            {"o:a": (pa.int64(), [1, None, None]), "o:b": (pa.string(), ["x", None, None])},
+        ),
+        # first-seen order; ints and floats in one output widen to float
+        (
+            [{"b": 1}, {"a": 2.5, "b": 2.5}],
+            {"o:b": (pa.float64(), [1.0, 2.5]), "o:a": (pa.float64(), [None, 2.5])},
+        ),
+        # bools among numbers keep JSON's distinction
+        ([{"a": True}, {"a": 1}], {"j:a": (pa.string(), ["true", "1"])}),
+        # nested maps are flattened; a None where a map was is its own output
+        (
+            [{"a": {"b": 1}}, {"a": None}],
+            {"o:a.b": (pa.int64(), [1, None]), "o:a": (pa.null(), [None, None])},
+        ),
+        ([{"a": [1]}, {"a": None}], {"j:a": (pa.string(), ["[1]", None])}),
+        (["x", "y"], {"o:output": (pa.string(), ["x", "y"])}),
+        ([None, None], {}),
+    ],
+)
+def test_output_columns_lay_out_each_kind_of_output(outputs: list[Any], expected: dict[str, Any]) -> None:
+    columns = output_columns(outputs)
+    assert list(columns) == list(expected)
+    assert {name: (array.type, array.to_pylist()) for name, array in columns.items()} == expected

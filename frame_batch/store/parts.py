@@ -162,14 +162,15 @@ def _read_file(path: Path, columns: Sequence[str] | None) -> pa.Table:
 
 
 def _to_table(batch_id: str, results: Sequence[RowResult], files: Path) -> pa.Table:
-    now = time.time()
+    now, rows = time.time(), len(results)
+    # One transpose in C instead of a list comprehension per field.
+    keys, statuses, outputs, errors, run_ids = zip(*results, strict=True) if rows else ((),) * 5
     base = {
-        "key": pa.array([r.key for r in results], pa.string()),
-        "status": pa.array([r.status for r in results], pa.string()),
-        "error": pa.array([r.error for r in results], pa.string()),
-        "run_id": pa.array([r.run_id for r in results], pa.string()),
-        "batch_id": pa.array([batch_id] * len(results), pa.string()),
-        "finished_at": pa.array([now] * len(results), pa.float64()),
+        "key": pa.array(keys, pa.string()),
+        "status": pa.array(statuses, pa.string()),
+        "error": pa.array(errors, pa.string()),
+        "run_id": pa.array(run_ids, pa.string()),
+        "batch_id": pa.repeat(pa.scalar(batch_id, pa.string()), rows),
+        "finished_at": pa.repeat(pa.scalar(now, pa.float64()), rows),
     }
-    outputs = output_columns([r.outputs for r in results], file_saver(files))
-    return pa.table({**base, **outputs})
+    return pa.table({**base, **output_columns(outputs, file_saver(files))})
