@@ -186,12 +186,18 @@ PENDING_NOTE = "not finished yet: run again to resume"
 
 
 def _take(column: pa.ChunkedArray, indexer: pa.Array) -> pa.Array:
-    # One chunk first: Arrow's take over a column of many chunks (one per stored part)
-    # concatenates them anyway, at over twice the cost (0.15 s against 0.06 s at 1M rows).
-    taken = column.combine_chunks().take(indexer)
+    # Many chunks (one per stored part) are combined first: Arrow's take concatenates them
+    # anyway, at over twice the cost (0.15 s against 0.06 s at 1,000 chunks of 1M rows).
+    # A merged part's few row groups are taken as they are.
+    source = column.combine_chunks() if column.num_chunks > _FEW_CHUNKS else column
     del column
+    taken = source.take(indexer)
+    del source
     release_memory(len(indexer))
-    return taken
+    return taken.combine_chunks() if isinstance(taken, pa.ChunkedArray) else taken
+
+
+_FEW_CHUNKS = 64
 
 
 def _status(held: Handover, indexer: pa.Array, skipped: dict[int, str]) -> tuple[Any, ...]:

@@ -215,3 +215,27 @@ def test_release_returns_and_can_be_asked_often() -> None:
         release_if_grown(rows, step=0)
         release_if_grown(rows)
     assert table["x"][99_999].as_py() == 99_999
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 100])
+def test_the_join_reads_results_in_any_number_of_chunks(chunks: int) -> None:
+    """One chunk per stored part (many), a merged part's row groups (few): the same frame."""
+    rows = 300
+    table = pa.table(
+        {
+            "key": [key(i) for i in range(rows)],
+            "status": ["succeeded"] * rows,
+            "error": pa.nulls(rows, pa.string()),
+            "run_id": [f"r{i}" for i in range(rows)],
+            "o:n": list(range(rows)),
+        }
+    )
+    step = -(-rows // chunks)
+    split = pa.Table.from_batches(table.to_batches(max_chunksize=step))
+    assert split["key"].num_chunks == chunks
+    df = pd.DataFrame({"q": range(rows)})
+    keys = [key(rows - 1 - i) for i in range(rows)]  # reversed: every row is looked up
+    frame, status = join_results(df, keys, {}, Handover(split))
+    assert frame["n"].tolist() == list(range(rows - 1, -1, -1))
+    assert frame["bulk_run_id"].tolist() == [f"r{rows - 1 - i}" for i in range(rows)]
+    assert set(status) == {"succeeded"}
