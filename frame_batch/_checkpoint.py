@@ -123,7 +123,7 @@ class Checkpointer:
         # across threads); join and write in a worker so polling goes on meanwhile.
         stored = self._store.latest(self._ids.scope)
         open_batches = self._store.journal.open_batches(self._ids.scope)
-        keys = list(self._plan.key_list())
+        keys = self._plan.key_array()  # a copy: Arrow arrays are immutable
         errors = dict(self._plan.errors)
         await asyncio.to_thread(self._build_and_write, stored, open_batches, keys, errors, final)
         self.written += 1
@@ -132,7 +132,7 @@ class Checkpointer:
         self,
         stored: pa.Table,
         open_batches: list[JournalBatch],
-        keys: list[str | None],
+        keys: pa.Array,
         errors: dict[int, str],
         final: bool,
     ) -> None:

@@ -34,14 +34,9 @@ from .store.columns import JSON, is_output, output_name, parse_json
 STATUS_COLUMNS = ("bulk_status", "bulk_error", "bulk_run_id")
 
 
-def with_pending(keys: Sequence[str | None], rows: int) -> list[str | None]:
+def with_pending(keys: pa.Array, rows: int) -> pa.Array:
     """Keys for all ``rows`` of a frame planned only up to ``len(keys)``: the rest get a key
     no result has (""), so they join as ``pending``."""
-    return [*keys, *[""] * (rows - len(keys))]
-
-
-def array_with_pending(keys: pa.Array, rows: int) -> pa.Array:
-    """``with_pending`` for keys in Arrow."""
     return pa.concat_arrays([keys, pa.array([""] * (rows - len(keys)), pa.string())])
 
 

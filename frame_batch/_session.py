@@ -31,7 +31,7 @@ from ._cost import CostModel, check_cost_options
 from ._engine import Engine, EngineOptions, EngineReport, RunContext
 from ._files import FileReader, check_file_outputs
 from ._http import ApiClient
-from ._join import Handover, array_with_pending, join_results, with_pending
+from ._join import Handover, join_results, with_pending
 from ._keys import fingerprint
 from ._manifest import KnownPlan, Plans, input_columns
 from ._manifest import fingerprint as frame_fingerprint
@@ -324,7 +324,7 @@ class Session:
         another thread while ``execute`` runs: it reads only result parts (files replaced
         atomically, never changed) and copies of the plan's lists."""
         stored = self.store.latest(self.setup.scope_id)
-        padded = with_pending(self.state.key_list(), len(self.df))  # a copy, taken in one C call
+        padded = with_pending(self.state.key_array(), len(self.df))  # a copy, immutable
         frame, _ = join_results(
             self.df, padded, dict(self.state.errors), stored, self.shape, files=self.reader
         )
@@ -335,7 +335,7 @@ class Session:
         self.store.journal.record_spend(self.setup.scope_id, self.budget.costed, self.budget.spent)
         known = self.known
         # Rows never planned (a limit or the deadline stopped planning) join as pending.
-        keys = known.keys if known else array_with_pending(self.state.key_array(), len(self.df))
+        keys = known.keys if known else with_pending(self.state.key_array(), len(self.df))
         frame, status = join_results(
             self.df,
             keys,
