@@ -3,7 +3,8 @@
 Rules this module keeps (DESIGN §4):
 - The journal says ``submitting`` before a create request leaves and ``submitted`` (with the
   remote id) as soon as it returns; a batch's results are stored before it is marked collected.
-- At most ``max_in_flight`` batches are submitted-but-not-collected at once.
+- At most ``max_in_flight`` batches are submitted-but-not-collected at once. A batch whose
+  create was refused (429: nothing started) lets its slot go while it waits to send again.
 - Submitting is stage (journaled) then create, so a lost answer can be looked for. A create
   whose answer was lost is reconciled through the provider: adopted when found, sent again
   when certainly absent. When the provider cannot tell, ``on_ambiguous`` decides:
@@ -36,7 +37,7 @@ from functools import partial
 from typing import Any, Literal
 
 from . import errors
-from ._http import AmbiguousCreate, ApiClient, on_send
+from ._http import AmbiguousCreate, ApiClient, on_refused, on_send
 from ._planning import BatchSizer, split
 from ._types import Batch, BatchPoll, BatchRef, Progress, ProgressCallback, RowResult
 from .providers.base import Provider
@@ -220,7 +221,7 @@ class Engine:
             async with timeout or contextlib.nullcontext(), asyncio.TaskGroup() as group:
                 for ref in resumed:
                     await self._slots.acquire()
-                    _spawn(group, self._guarded(partial(self._track, ref, since=None)))
+                    _spawn(group, self._guarded(partial(self._track, ref, since=None), _Slot(self._slots)))
                 while True:
                     # The slot first, then the batch: it is formed at the size current now.
                     await self._slots.acquire()
@@ -228,7 +229,8 @@ class Engine:
                     if batch is None:
                         self._slots.release()
                         break
-                    _spawn(group, self._guarded(partial(self._submit_and_track, batch)))
+                    slot = _Slot(self._slots)
+                    _spawn(group, self._guarded(partial(self._submit_and_track, batch, slot), slot))
         except TimeoutError:
             self.report.timed_out = True
             log.warning(
@@ -242,28 +244,28 @@ class Engine:
             raise _first_error(group_error) from None
         return self.report
 
-    async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
+    async def _guarded(self, work: Callable[[], Awaitable[None]], slot: _Slot) -> None:
         # ``work`` is a callable, not a coroutine: a task cancelled before it starts would
         # otherwise leave a coroutine that was never awaited.
         try:
             await work()
         finally:
-            self._slots.release()
+            slot.release()
 
     # -- one batch ----------------------------------------------------------------------
-    async def _submit_and_track(self, batch: Batch) -> None:
+    async def _submit_and_track(self, batch: Batch, slot: _Slot) -> None:
         if len(batch.keys) > self._sizer():  # formed before the size was cut
             sent: BatchRef | list[Batch] | None = split(batch, self._sizer())
         else:
-            sent = await self._submit(batch)
+            sent = await self._submit(batch, slot)
         if isinstance(sent, BatchRef):
             since = self._sent_at.pop(sent.batch_id, None)
             await self._track(sent, since=self._clock() if since is None else since)
         elif sent is not None:
             for part in sent:  # in turn, in this batch's slot: they replace it
-                await self._submit_and_track(part)
+                await self._submit_and_track(part, slot)
 
-    async def _submit(self, batch: Batch) -> BatchRef | list[Batch] | None:
+    async def _submit(self, batch: Batch, slot: _Slot) -> BatchRef | list[Batch] | None:
         """Send ``batch``: its ref, smaller batches to send instead, or None (nothing to poll)."""
         journal = self.store.journal
         for _ in range(self.options.max_ambiguous_resubmits + 1):
@@ -276,7 +278,7 @@ class Engine:
                 fingerprint=self.ctx.fingerprint,
             )
             try:
-                remote_id = await self._create(batch)
+                remote_id = await self._create(batch, slot)
             except errors.RequestTooLarge as exc:
                 return self._too_large(batch, exc)
             except AmbiguousCreate as exc:
@@ -359,8 +361,11 @@ class Engine:
         self.report.adopted_batches += 1
         log.info("found batch %s made by a create whose answer was lost: adopted, not sent again", remote_id)
 
-    async def _create(self, batch: Batch) -> str:
+    async def _create(self, batch: Batch, slot: _Slot) -> str:
         """Stage, journal the staged id, then send the create.
+
+        While a refused create (429) waits to be sent again, ``slot`` is let go: nothing of
+        it runs at the vendor, so another batch may take the place meanwhile.
 
         A cancellation (Ctrl-C, deadline) waits for a create in flight to answer first:
         abandoning it would leave it ambiguous (possibly paid twice on the next run);
@@ -374,7 +379,8 @@ class Engine:
         if self._checkpoint is not None:
             await self._checkpoint()
         leaving: list[float] = []
-        with on_send(lambda: leaving.append(self._clock())):  # the task copies the context
+        # The task copies the context, both hooks included.
+        with on_send(lambda: leaving.append(self._clock())), on_refused(partial(self._refused, slot)):
             task = asyncio.ensure_future(provider.submit(self.api, workflow, batch, staged))
         try:
             remote_id = await asyncio.shield(task)
@@ -388,6 +394,12 @@ class Engine:
         if leaving:
             self._sent_at[batch.batch_id] = leaving[-1]  # the batch started about then
         return remote_id
+
+    async def _refused(self, slot: _Slot, seconds: float) -> None:
+        """A create was refused: wait ``seconds`` without holding ``slot``, then take one again."""
+        slot.release()
+        await self._sleep(seconds)
+        await slot.acquire()
 
     def _unresolved(self, batch_id: str, keys: tuple[str, ...], why: str) -> bool:
         """Apply ``on_ambiguous`` to a create that may have been paid; True = send again."""
@@ -493,6 +505,26 @@ class Engine:
                 batches_in_flight=len(self._in_flight),
             )
         )
+
+
+class _Slot:
+    """One batch's place among the ``max_in_flight``: released once, whatever happens, and
+    let go while the batch's refused create waits (a cancelled wait holds nothing)."""
+
+    __slots__ = ("_held", "_slots")
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots = slots
+        self._held = True  # taken by the run loop before the batch's task starts
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+        self._held = True
 
 
 def _complete(ref: BatchRef, results: Iterable[RowResult], provider: str) -> list[RowResult]:

@@ -52,6 +52,24 @@ _ON_SEND: contextvars.ContextVar[Callable[[], None] | None] = contextvars.Contex
 )
 
 
+# Set by whoever holds a scarce place while its create is sent (the engine's in-flight slot):
+# a create refused with 429 was never processed, so its wait need not keep that place.
+_ON_REFUSED: contextvars.ContextVar[Callable[[float], Awaitable[None]] | None] = contextvars.ContextVar(
+    "frame_batch_on_refused", default=None
+)
+
+
+@contextlib.contextmanager
+def on_refused(wait: Callable[[float], Awaitable[None]]) -> Iterator[None]:
+    """A create refused with 429 in this block (tasks started in it too) waits its backoff by
+    awaiting ``wait(seconds)`` instead of sleeping: the caller lets its slot go meanwhile."""
+    token = _ON_REFUSED.set(wait)
+    try:
+        yield
+    finally:
+        _ON_REFUSED.reset(token)
+
+
 @contextlib.contextmanager
 def on_send(callback: Callable[[], None]) -> Iterator[None]:
     """Call ``callback`` as each request attempt made in this block leaves, in tasks started
@@ -282,7 +300,8 @@ class ApiClient:
             if is_retryable_status(response.status_code, create=create) and self._may_retry(attempt):
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 why = f"{method} {path}: HTTP {response.status_code}"
-                await self._wait(attempt, retry_after, why, read=not create)
+                refused = _ON_REFUSED.get() if create else None  # only a create's 429 gets here
+                await self._wait(attempt, retry_after, why, read=not create, sleep=refused)
                 attempt += 1
                 continue
             if create and response.status_code >= 500:
@@ -296,12 +315,14 @@ class ApiClient:
     def _may_retry(self, attempt: int) -> bool:
         return attempt + 1 < self.policy.attempts and self.budget.try_spend()
 
-    async def _wait(self, attempt: int, retry_after: float | None, why: str, *, read: bool) -> None:
+    async def _wait(
+        self, attempt: int, retry_after: float | None, why: str, *, read: bool, sleep: Sleep | None = None
+    ) -> None:
         first = self.first_read_retry if read else None
         delay = self.policy.wait_for(attempt, retry_after, self._rng, first=first)
         self.retries += 1
         log.info("%s: retrying in %.2fs (retry %d)", why, delay, attempt + 1)
-        await self._sleep(delay)
+        await (sleep or self._sleep)(delay)
 
     def _clean(self, text: str) -> str:
         return redact(text, self._secrets)

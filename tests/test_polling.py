@@ -236,6 +236,67 @@ def test_each_first_retry_of_a_read_is_capped_and_retry_after_is_honoured(tmp_pa
     assert waits[8] == 1.5
 
 
+def test_a_refused_create_lets_its_slot_go_while_it_waits(tmp_path: Path) -> None:
+    """One slot; the first batch's create is refused (429, Retry-After: 7). Its wait ends only
+    once another batch has been created and collected in that slot, which a batch holding its
+    slot through the wait would never allow (this test would hang, then time out). At no
+    time are two batches submitted and not yet collected."""
+    emu = RespellEmulator(latency=0.0, faults=Faults(retry_after=7.0))
+    emu.inject("429", op="create", count=1)
+    provider = Respell(api_key=KEY)
+    seen: list[tuple[str, int]] = []  # (route, status) in the order answered
+    collected = asyncio.Event()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        request.read()
+        response = emu.handler(request)
+        seen.append((request.url.path.rsplit("/", 1)[-1], response.status_code))
+        return response
+
+    async def sleep(seconds: float) -> None:
+        if seconds == 7.0:  # the refused create's wait: over once another batch is done
+            await asyncio.wait_for(collected.wait(), timeout=10)
+        await asyncio.sleep(0)
+
+    store = Store(tmp_path / "cache")
+    api = ApiClient(
+        provider.http_config(),
+        secrets=provider.secrets(),
+        transport=httpx.MockTransport(handle),
+        policy=RetryPolicy(initial=0.0, maximum=0.0),
+    )
+    options = EngineOptions(max_in_flight=1, poll_interval=0.0, first_poll=0.0)
+    engine = Engine(
+        RunContext(provider, SPELL, "scope", "print"),
+        api,
+        store,
+        options,
+        sleep=sleep,
+        progress=lambda p: collected.set() if p.done else None,
+    )
+
+    async def go() -> EngineReport:
+        try:
+            return await engine.run([], batches(3))
+        finally:
+            await api.aclose()
+
+    try:
+        report = asyncio.run(go())
+    finally:
+        store.close()
+    assert report.rows_collected == 9
+    assert report.rows_failed == 0
+    assert seen[0] == ("bulkStart", 429)
+    assert seen[1] == ("bulkStart", 200)  # another batch took the slot during the wait
+    in_flight = 0
+    for route, status in seen:  # every poll here finds its batch done (no latency)
+        in_flight += (route == "bulkStart" and status == 200) - (route == "getBulkRuns")
+        assert 0 <= in_flight <= 1, seen
+    assert [r for r, s in seen if r == "bulkStart" and s == 200] == ["bulkStart"] * 3
+    assert api.retries == 1
+
+
 # -- the parts --------------------------------------------------------------------------------
 def test_poll_timer_learns_from_the_polls_of_finished_batches() -> None:
     timer = PollTimer(first_poll=0.25, poll_interval=5.0)
