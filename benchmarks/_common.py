@@ -108,7 +108,7 @@ def run_worker(function: Callable[..., Json], **params: Any) -> Json:
 def machine_facts() -> Json:
     """CPU, cores, memory, versions and the checkout, recorded with every result."""
     versions = {
-        name: _version(name) for name in ("pandas", "pyarrow", "numpy", "httpx", "httpcore", "orjson")
+        name: _version(name) for name in ("pandas", "pyarrow", "numpy", "httpx", "httpcore", "h11", "orjson")
     }
     versions.update(
         {name: _version(name) for name in ("anyio", "parallel-web", "vectorshift", "frame-batch")}
