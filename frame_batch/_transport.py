@@ -3,7 +3,7 @@
 Why not httpx's own transport (httpcore): it cost about 1 ms of client CPU per request at
 16 requests in flight, most of it in the pool's bookkeeping and in the anyio locks, cancel
 scopes and ``sniffio`` look-ups around every step (encode/httpx#3215; the reliability notes
-§4.1 measured 120–250 µs for aiohttp and 40–70 µs for a plain asyncio client). A bulk run
+§4.1 measured 110–280 µs for aiohttp and 35–71 µs for a plain asyncio client). A bulk run
 sends a few requests per batch and is often bound by that CPU on one event loop.
 
 Here each connection is one ``asyncio.Protocol``; h11, the HTTP/1.1 state machine httpcore
