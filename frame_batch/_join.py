@@ -37,7 +37,7 @@ STATUS_COLUMNS = ("bulk_status", "bulk_error", "bulk_run_id")
 def with_pending(keys: pa.Array, rows: int) -> pa.Array:
     """Keys for all ``rows`` of a frame planned only up to ``len(keys)``: the rest get a key
     no result has (""), so they join as ``pending``."""
-    return pa.concat_arrays([keys, pa.array([""] * (rows - len(keys)), pa.string())])
+    return pa.concat_arrays([keys, pa.repeat(pa.scalar("", pa.string()), rows - len(keys))])
 
 
 class Handover:

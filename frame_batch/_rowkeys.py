@@ -136,17 +136,6 @@ class RowKeys:
         _, sealed, current = self._view
         return sealed + len(current)
 
-    def __getitem__(self, position: int) -> str | None:
-        if position < 0:
-            position += len(self)
-        chunks, _, current = self._view
-        for chunk in chunks:
-            if position < len(chunk):
-                value: str | None = chunk[position].as_py()
-                return value
-            position -= len(chunk)
-        return current[position]
-
     def seal(self) -> None:
         chunks, sealed, current = self._view
         if current:
