@@ -72,7 +72,7 @@ def test_planning_dedupes_skips_done_and_bad_rows_and_respects_row_limit() -> No
     assert len(sent) == len(set(sent)) == 4
     assert [len(b.keys) for b in batches] == [3, 1]
     assert state.cached == 2
-    assert state.keys[-1] is None
+    assert state.key_list()[-1] is None
     assert 10 in state.errors
     assert len(state.keys) == 11
 
@@ -84,7 +84,7 @@ def test_planning_respects_the_byte_limit_and_rejects_oversized_rows() -> None:
     assert all(b.nbytes <= 1000 for b in batches)
     assert sum(len(b.keys) for b in batches) == 6
     assert "request limit" in state.errors[6]
-    assert state.keys[6] is None
+    assert state.key_list()[6] is None
 
 
 # -- retry rules ------------------------------------------------------------------------------
