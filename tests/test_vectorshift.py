@@ -217,10 +217,14 @@ def test_resume_sends_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_sigkill_mid_run_then_rerun_pays_each_input_once_except_the_flagged(tmp_path: Path) -> None:
-    """Killed during a synchronous bulk call; the rerun finishes and flags what it resent."""
+    """Killed during a synchronous bulk call; the rerun finishes and flags what it resent.
+    One call at a time: when the emulator has seen the third call, the first two are stored
+    and only the third is in flight (50 ms). With two in flight, the kill could land after
+    the second call's answer arrived and before it was stored: those rows end failed as
+    paid-but-lost (by design), not resent, and the counts below would not hold."""
     emu = VectorShiftEmulator(latency=0.05, pipelines={PIPE: pipeline})
     rows, cache = 40, tmp_path / "cache"
-    options = {"provider": "vectorshift", "workflow": PIPE, "batch_size": 4, "max_in_flight": 2}
+    options = {"provider": "vectorshift", "workflow": PIPE, "batch_size": 4, "max_in_flight": 1}
     options["with_files"] = True  # a bytes column and a dict column too
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     with emu.serve() as server:
