@@ -177,9 +177,14 @@ def column_position(columns: pd.Index, label: Hashable) -> int:
 
 # --------------------------------------------------------------------------- frames
 
+# Rows encoded and planned at a time. A chunk is encoded in one go on the event loop, so it
+# is also the longest pause of polling (~3 µs a row); measured per row, 4,000 was also the
+# cheapest (2.9 µs to encode and plan, against 3.1-3.3 at 10,000 and 3.6 at 1,000).
+CHUNK_ROWS = 4_000
+
 
 def encode_frame(
-    df: pd.DataFrame, pairs: Pairs, *, chunk_rows: int = 10_000, files: FileInputs | None = None
+    df: pd.DataFrame, pairs: Pairs, *, chunk_rows: int = CHUNK_ROWS, files: FileInputs | None = None
 ) -> Iterator[EncodedChunk]:
     """Yield one EncodedChunk per ``chunk_rows`` consecutive rows (by position).
 

@@ -231,6 +231,9 @@ class Engine:
                         break
                     slot = _Slot(self._slots)
                     _spawn(group, self._guarded(partial(self._submit_and_track, batch, slot), slot))
+                    # Taking a free slot does not yield: without this, every slot would be
+                    # filled (and the rows for them encoded) before the first create left.
+                    await asyncio.sleep(0)
         except TimeoutError:
             self.report.timed_out = True
             log.warning(

@@ -127,8 +127,13 @@ class Plans:
     def load(self, scope: str, print_: str) -> KnownPlan | None:
         path = self.root / scope / f"{print_}.parquet"
         try:
-            table = pq.read_table(path, schema=_SCHEMA)
-            meta = orjson.loads((pq.read_schema(path).metadata or {})[_META])
+            # ParquetFile, not read_table: that imports pyarrow.dataset (~8 ms before a first run).
+            handle = pq.ParquetFile(path)
+            meta = orjson.loads((handle.schema_arrow.metadata or {})[_META])
+            table = handle.read(columns=_SCHEMA.names)
+            if table.schema.names != _SCHEMA.names:
+                return None  # an unknown layout
+            table = table.cast(_SCHEMA)
         except (OSError, KeyError, pa.ArrowException, orjson.JSONDecodeError):
             return None  # absent, or unreadable: encode the frame as usual
         skipped = table["error"].is_valid()

@@ -150,7 +150,12 @@ def plan_batches(
     keys: list[str] = []
     payloads: list[bytes] = []
     size = 0
+    # Only a row too long for either limit is looked at closely (``_too_big``).
+    long_row = max_bytes if max_chars is None else min(max_bytes, max_chars)
     for chunk in chunks:
+        # Read once per stretch of planning: the size changes only while batches are out
+        # (after a ``yield``), and a call per row cost ~0.1 µs.
+        limit = rows_limit()
         state.errors.update(chunk.errors)
         chunk_keys = [None if p is None else key_of(p) for p in chunk.payloads]
         # Keys planned in earlier chunks, found in one vectorised search; this chunk's
@@ -170,7 +175,7 @@ def plan_batches(
             if in_flight(key):
                 state.in_flight += 1
                 continue
-            too_big = _too_big(payload, base + i, max_bytes, max_chars)
+            too_big = _too_big(payload, base + i, max_bytes, max_chars) if len(payload) > long_row else None
             if too_big is not None:
                 state.errors[base + i] = too_big
                 row_keys[-1] = None
@@ -178,9 +183,10 @@ def plan_batches(
             if budget is not None and not budget.admit(payload):
                 state.held += 1
                 continue
-            if keys and (len(keys) >= rows_limit() or size + len(payload) > max_bytes):
+            if keys and (len(keys) >= limit or size + len(payload) > max_bytes):
                 yield _batch(keys, payloads, state)
                 keys, payloads, size = [], [], 0
+                limit = rows_limit()
             recent.add(key)
             keys.append(key)
             payloads.append(payload)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ._checkpoint import Checkpoint
 from ._cost import CostModel, check_cost_options
+from ._encode import CHUNK_ROWS
 from ._engine import OnAmbiguous
 from ._files import FileOutputs
 from ._planning import Budget, PlanState
@@ -100,7 +101,7 @@ def run(
     cancel_on_interrupt: bool = False,
     progress: bool | ProgressCallback = True,
     retry: RetryPolicy | None = None,
-    chunk_rows: int = 10_000,
+    chunk_rows: int = CHUNK_ROWS,
     file_root: str | os.PathLike[str] | None = None,
     file_inputs: str | Sequence[str] | None = None,
     max_file_bytes: int | None = None,

@@ -17,7 +17,7 @@ import httpx
 import pandas as pd
 
 from . import errors
-from ._encode import encode_frame, resolve_inputs
+from ._encode import CHUNK_ROWS, encode_frame, resolve_inputs
 from ._files import FileInputs
 from ._keys import fingerprint, row_key, scope_of
 from ._planning import BatchSizer, Budget, PlanState, plan_batches
@@ -57,7 +57,7 @@ class RunOptions:
     cancel_on_interrupt: bool = False
     progress: bool | ProgressCallback = True
     retry: RetryPolicy | None = None
-    chunk_rows: int = 10_000
+    chunk_rows: int = CHUNK_ROWS
     file_root: str | os.PathLike[str] | None = None
     file_inputs: str | Sequence[str] | None = None
     max_file_bytes: int | None = None

@@ -15,7 +15,7 @@ from conftest import KEY, SPELL
 from frame_batch import Respell, RetryPolicy
 from frame_batch._http import ApiClient
 from frame_batch._keys import row_key, scope_of
-from frame_batch._planning import PlanState, plan_batches
+from frame_batch._planning import BatchSizer, PlanState, plan_batches
 from frame_batch._retry import is_retryable_exception, is_retryable_status, parse_retry_after
 from frame_batch._types import BatchRef, EncodedChunk, RowResult
 from frame_batch.store import Store
@@ -60,6 +60,26 @@ def plan(
         )
     )
     return batches, state
+
+
+def test_a_batch_size_cut_while_a_batch_is_out_sizes_the_next_one() -> None:
+    """The size is read again after each batch leaves: a cut made meanwhile (a 413, a
+    timeout) applies to the very next batch of the same chunk."""
+    sizer = BatchSizer(4)
+    payloads = [orjson.dumps({"i": i}) for i in range(12)]
+    scope = scope_of("respell", SPELL)
+    batches = plan_batches(
+        [EncodedChunk(start=0, payloads=payloads, errors={})],
+        key_of=lambda p: row_key(scope, p),
+        is_done=set().__contains__,
+        max_rows=sizer,
+        max_bytes=10_000,
+        state=PlanState(),
+    )
+    sizes = [len(next(batches).keys)]
+    sizer.shrink(4)  # the first batch was refused: halve
+    sizes += [len(b.keys) for b in batches]
+    assert sizes == [4, 2, 2, 2, 2]
 
 
 def test_planning_dedupes_skips_done_and_bad_rows_and_respects_row_limit() -> None:
@@ -230,6 +250,26 @@ def test_unknown_states_keep_the_batch_open_and_never_succeed() -> None:
     assert not poll.done  # type: ignore[attr-defined]
     assert poll.unknown == ("frobnicating",)  # type: ignore[attr-defined]
     assert [r.key for r in poll.results] == ["k0"]  # type: ignore[attr-defined]
+
+
+def test_runs_are_matched_by_index_else_by_their_echoed_inputs() -> None:
+    """A run's row is its index; without one (a bool is none) its echoed inputs; any spelling
+    of success counts, a non-map output is empty, a numeric run id becomes text."""
+    scope = scope_of(*Respell(api_key=KEY).scope(SPELL))
+    keys = tuple(row_key(scope, payload) for payload in (b'{"a":1}', b'{"a":2}', b'{"a":3}'))
+    runs: list[dict[str, object]] = [
+        {"index": True, "inputs": {"a": 3}, "state": "SUCCESS", "id": 7, "outputs": {"x": 3}},
+        {"inputs": {"a": 1}, "state": "success", "outputs": "not a map"},
+        {"index": 1, "state": "success", "runId": "r-2", "outputs": {"x": 2}},
+    ]
+    poll = poll_once(runs, keys)
+    got = {r.key: (r.status, r.outputs, r.run_id) for r in poll.results}  # type: ignore[attr-defined]
+    assert got == {
+        keys[2]: ("succeeded", {"x": 3}, "7"),
+        keys[0]: ("succeeded", {}, None),
+        keys[1]: ("succeeded", {"x": 2}, "r-2"),
+    }
+    assert poll.done  # type: ignore[attr-defined]
 
 
 def test_failed_runs_carry_the_vendor_message() -> None:
