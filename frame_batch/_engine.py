@@ -221,8 +221,7 @@ class Engine:
             async with timeout or contextlib.nullcontext(), asyncio.TaskGroup() as group:
                 for ref in resumed:
                     await self._slots.acquire()
-                    slot = _Slot(self._slots)
-                    _spawn(group, self._guarded(partial(self._track, ref, since=None, slot=slot), slot))
+                    _spawn(group, self._guarded(partial(self._track, ref, since=None), _Slot(self._slots)))
                 while True:
                     # The slot first, then the batch: it is formed at the size current now.
                     await self._slots.acquire()
@@ -264,7 +263,7 @@ class Engine:
             sent = await self._submit(batch, slot)
         if isinstance(sent, BatchRef):
             since = self._sent_at.pop(sent.batch_id, None)
-            await self._track(sent, since=self._clock() if since is None else since, slot=slot)
+            await self._track(sent, since=self._clock() if since is None else since)
         elif sent is not None:
             for part in sent:  # in turn, in this batch's slot: they replace it
                 await self._submit_and_track(part, slot)
@@ -425,12 +424,11 @@ class Engine:
         )
         return False
 
-    async def _track(self, ref: BatchRef, *, since: float | None, slot: _Slot | None = None) -> None:
+    async def _track(self, ref: BatchRef, *, since: float | None) -> None:
         """Poll until every row has a terminal result, then store the results.
 
         ``since``: when the batch's create request left, so the timer knows when to poll it
         and learns from it; None for a batch resumed from an earlier run, polled at once.
-        ``slot``: the batch's place among the ``max_in_flight``, let go once it is done.
         Times are those requests *leave*: a busy event loop delays answers, not the batch.
         While some rows wait on the user (``attention``), the rows already finished are
         stored at once, so a deadline or Ctrl-C does not leave them pending with them.
@@ -463,26 +461,9 @@ class Engine:
         if learn:
             timer.learn(first_poll_at, running_at, sent)
         results = [r for r in _complete(ref, poll.results, self.ctx.provider.name) if r.key not in stored]
-        if slot is not None:
-            slot.release()  # done at the vendor: the next batch may start while this one is stored
-        await self._store_results(ref.batch_id, results)
+        self.store.write_results(self.ctx.scope_id, ref.batch_id, results)
         del self._in_flight[ref.batch_id]
         self._collected(results)
-
-    async def _store_results(self, batch_id: str, results: list[RowResult]) -> None:
-        """``Store.write_results``, with the part's file I/O (a write and two fsyncs, ~1-2 ms
-        of waiting on the disk) in a worker thread: the event loop polls and sends meanwhile.
-        A cancellation waits for the part to be on disk, so no collected result is lost."""
-        store = self.store
-        part = store.parts.encode(self.ctx.scope_id, batch_id, results)
-        published = asyncio.ensure_future(asyncio.to_thread(store.parts.publish, part))
-        try:
-            await asyncio.shield(published)
-        except asyncio.CancelledError:
-            await published
-            store.collected(batch_id)
-            raise
-        store.collected(batch_id)
 
     def _note(self, poll: BatchPoll) -> None:
         """Log each undocumented state and each message for the user once per run."""

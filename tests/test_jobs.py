@@ -34,13 +34,6 @@ def gated(gate: threading.Event, open_rows: int) -> Callable[[dict[str, object]]
     return spell
 
 
-def served(url: str) -> dict[str, Any]:
-    """Options for an emulator served on a socket: a spell held at a gate then holds a server
-    thread, as a slow vendor would, not the job's event loop (an in-process handler runs on
-    that loop, so it would stop the job storing what it already has)."""
-    return {"transport": None, "base_url": url}
-
-
 def options(tmp_path: Path, emu: RespellEmulator | ParallelEmulator, **more: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "provider": "respell",
@@ -69,8 +62,8 @@ def test_submit_inside_a_running_loop_returns_at_once_and_gives_partial_rows(tmp
     emu = RespellEmulator(spells={SPELL: gated(gate, open_rows=10)})
     df = topics(40)
 
-    async def notebook(url: str) -> None:
-        job = df.bulk.submit(SPELL, **options(tmp_path, emu, batch_size=10, max_in_flight=1, **served(url)))
+    async def notebook() -> None:
+        job = df.bulk.submit(SPELL, **options(tmp_path, emu, batch_size=10, max_in_flight=1))
         assert not job.done  # the gate holds rows 10+: returning at all proves submit did not wait
         ticks = 0
 
@@ -98,8 +91,7 @@ def test_submit_inside_a_running_loop_returns_at_once_and_gives_partial_rows(tmp
         assert final["answer"].tolist() == [f"about topic {i}" for i in range(40)]
         assert final[["topic", "n"]].equals(df)
 
-    with emu.serve() as server:
-        asyncio.run(notebook(server.url))
+    asyncio.run(notebook())
     assert not emu.duplicates()
 
 
@@ -150,13 +142,10 @@ def test_cancel_stops_submitting_and_leaves_the_store_resumable(tmp_path: Path) 
     gate = threading.Event()
     emu = RespellEmulator(spells={SPELL: gated(gate, open_rows=10)}, latency=0.05)
     df = topics(40)
-    with emu.serve() as server:
-        job = df.bulk.submit(
-            SPELL, **options(tmp_path, emu, batch_size=10, max_in_flight=1, **served(server.url))
-        )
-        asyncio.run(until(lambda: job.status().done >= 10, "first batch done"))
-        threading.Timer(0.2, gate.set).start()  # the create held at the gate answers, then we stop
-        summary = job.cancel(remote=False, timeout=30)
+    job = df.bulk.submit(SPELL, **options(tmp_path, emu, batch_size=10, max_in_flight=1))
+    asyncio.run(until(lambda: job.status().done >= 10, "first batch done"))
+    threading.Timer(0.2, gate.set).start()  # the create held at the gate answers, then we stop
+    summary = job.cancel(remote=False, timeout=30)
     assert job.status().state == "cancelled"
     assert any("cancelled by job.cancel()" in n for n in summary.notes)
     assert summary.pending > 0

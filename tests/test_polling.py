@@ -25,9 +25,8 @@ from frame_batch import Respell, RetryPolicy
 from frame_batch._engine import Engine, EngineOptions, EngineReport, PollTimer, RunContext
 from frame_batch._http import ApiClient, _tls_context
 from frame_batch._keys import row_key, scope_of
-from frame_batch._types import Batch, RowResult
+from frame_batch._types import Batch
 from frame_batch.store import Store
-from frame_batch.store.parts import part_name
 from frame_batch.testing import Faults, RespellEmulator
 
 STEP = 0.125  # exact in binary: poll times add up without rounding
@@ -372,34 +371,3 @@ def test_the_tls_context_is_built_once_per_thread_and_ca_setting(monkeypatch: py
     custom = _tls_context()
     assert custom is not default
     assert _tls_context() is custom
-
-
-def test_a_cancel_while_a_part_is_written_waits_for_the_part(tmp_path: Path) -> None:
-    """A part's file I/O runs in a worker thread; a cancel (Ctrl-C, deadline) arriving then
-    waits for it: the part is on disk and the batch collected before the cancel goes on."""
-    provider = Respell(api_key=KEY)
-    unused = httpx.MockTransport(_unused)
-    api = ApiClient(provider.http_config(), secrets=provider.secrets(), transport=unused)
-    store = Store(tmp_path / "cache")
-    ctx = RunContext(provider, SPELL, "scope", "print")
-    engine = Engine(ctx, api, store, EngineOptions(max_in_flight=1, poll_interval=1.0, first_poll=1.0))
-    store.journal.begin("b1", ("k1",), scope="scope", provider=provider.name, workflow=SPELL, fingerprint="p")
-    store.journal.submitted("b1", "remote-1")
-
-    async def go() -> None:
-        task = asyncio.ensure_future(engine._store_results("b1", [RowResult("k1", "succeeded", {"x": 1})]))
-        await asyncio.sleep(0)  # the part is encoded and its thread started
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert [p.name for p in store.parts.parts("scope")] == [part_name("b1")]
-        assert store.journal.counts() == {"collected": 1}
-
-    try:
-        asyncio.run(go())
-    finally:
-        store.close()
-
-
-def _unused(request: httpx.Request) -> httpx.Response:
-    raise AssertionError(f"no request expected, got {request.url}")

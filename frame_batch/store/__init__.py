@@ -122,11 +122,6 @@ class Store:
     def write_results(self, scope: str, batch_id: str, results: list[RowResult]) -> None:
         """Persist a collected batch, then mark it collected (that order: see parts.py)."""
         self.parts.write(scope, batch_id, results)
-        self.collected(batch_id)
-
-    def collected(self, batch_id: str) -> None:
-        """Mark a batch collected, once its part is published (``write_results`` in two
-        halves: ``parts.encode``, then ``parts.publish``, which may run in a thread)."""
         self.parts_written += 1
         self.journal.collected(batch_id)
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -65,26 +63,10 @@ class PartStore:
 
     def write(self, scope: str, batch_id: str, results: Sequence[RowResult]) -> Path:
         """Write one batch's results durably; return the part's path."""
-        return self.publish(self.encode(scope, batch_id, results))
-
-    def encode(self, scope: str, batch_id: str, results: Sequence[RowResult]) -> EncodedPart:
-        """A batch's part as Parquet bytes in memory: the CPU half of ``write`` (file outputs
-        are saved here too, before the part that names them)."""
         table = _to_table(batch_id, results, self.files)
-        sink = pa.BufferOutputStream()
         # Uncompressed: a batch's part lives until the run's end merges it (when there are
         # many); lz4 cost ~0.2 ms a 1,000-row part and halved a file that is soon deleted.
-        _write_parquet(table, sink, compression="none")
-        return EncodedPart(self.root / scope / part_name(batch_id), table, sink.getvalue())
-
-    def publish(self, part: EncodedPart) -> Path:
-        """Put an encoded part on disk durably: the I/O half of ``write``, mostly waiting on
-        the disk (two fsyncs), so it may run in a worker thread. Parts never share a file."""
-        part.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(part.path) as handle:
-            handle.write(part.data)
-        self._written[part.path] = part.table
-        return part.path
+        return self._publish(scope, part_name(batch_id), table, compression="none")
 
     def read(self, scope: str, columns: Sequence[str] | None = None) -> pa.Table:
         """Every stored result of ``scope`` (one row per key and batch, in no set order).
@@ -130,7 +112,21 @@ class PartStore:
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / name
         with atomic_write(final) as handle:
-            _write_parquet(table, handle, compression=compression)
+            # lz4 for a merged part: read by every later run, and zstd costs 3x the CPU.
+            # Dictionaries only where values repeat, no statistics (nothing filters on them):
+            # 0.43 -> 0.26 µs a row to write.
+            # Row groups of 256Ki rows: the writer holds one group's pages at a time (a merge
+            # of 1M rows in one group held ~110 MB more), and a reader decodes the groups of a
+            # merged part in parallel (1M rows: 0.059 s, against 0.074 in one group and 0.105
+            # in groups of 64Ki).
+            pq.write_table(
+                table,
+                handle,
+                compression=compression,
+                use_dictionary=["status"],
+                write_statistics=False,
+                row_group_size=ROW_GROUP_ROWS,
+            )
         self._written[final] = table
         return final
 
@@ -148,34 +144,6 @@ class PartStore:
 
 
 _READ_TRIES = 5
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedPart:
-    """A part ready to be published: where it goes, its table (kept for reading back), and
-    its Parquet bytes."""
-
-    path: Path
-    table: pa.Table
-    data: pa.Buffer
-
-
-def _write_parquet(table: pa.Table, sink: Any, *, compression: str) -> None:
-    # lz4 for a merged part: read by every later run, and zstd costs 3x the CPU.
-    # Dictionaries only where values repeat, no statistics (nothing filters on them):
-    # 0.43 -> 0.26 µs a row to write.
-    # Row groups of 256Ki rows: the writer holds one group's pages at a time (a merge
-    # of 1M rows in one group held ~110 MB more), and a reader decodes the groups of a
-    # merged part in parallel (1M rows: 0.059 s, against 0.074 in one group and 0.105
-    # in groups of 64Ki).
-    pq.write_table(
-        table,
-        sink,
-        compression=compression,
-        use_dictionary=["status"],
-        write_statistics=False,
-        row_group_size=ROW_GROUP_ROWS,
-    )
 
 
 def _wanted(names: Sequence[str], columns: Sequence[str] | None) -> list[str]:
