@@ -5,6 +5,11 @@ Rules this module keeps (DESIGN §4):
   remote id) as soon as it returns; a batch's results are stored before it is marked collected.
 - At most ``max_in_flight`` batches are submitted-but-not-collected at once. A batch whose
   create was refused (429: nothing started) lets its slot go while it waits to send again.
+  A collected batch whose results the vendor keeps (``BatchPoll.kept``) lets its slot go
+  before they are stored, and the store waits until the create that takes the slot has left
+  (``_creates_first``): storing blocks the event loop for a few ms (fsyncs), and a create
+  sent after it starts its batch that much later. Results that exist only in this process
+  (a synchronous call's answer) are stored first: a crash must not lose paid rows.
 - Submitting is stage (journaled) then create, so a lost answer can be looked for. A create
   whose answer was lost is reconciled through the provider: adopted when found, sent again
   when certainly absent. When the provider cannot tell, ``on_ambiguous`` decides:
@@ -58,6 +63,9 @@ DONE_EARLY = 0.75  # a batch done at its first poll counts as taking this fracti
 # A batch seen running then done counts as having finished this far into that interval: the
 # first poll is aimed early, and the midpoint would pull the expectation down batch after batch.
 WITHIN = 0.75
+# A collected batch's store waits at most this many event-loop turns for the create that
+# takes its slot to leave (it needs about three: the run loop, the batch's task, the send).
+CREATE_TURNS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +189,7 @@ class Engine:
         self._in_flight: dict[str, BatchRef] = {}
         self._staged: dict[str, str] = {}  # batch id -> staged id, while its create is in flight
         self._sent_at: dict[str, float] = {}  # batch id -> when its (answered) create request left
+        self._unsent = 0  # batches given a slot whose create request has not left yet
         self.timer = PollTimer(options.first_poll, options.poll_interval)
         if api.first_read_retry is None:  # a failed poll is retried by when the next one would come
             api.first_read_retry = options.poll_interval
@@ -221,7 +230,8 @@ class Engine:
             async with timeout or contextlib.nullcontext(), asyncio.TaskGroup() as group:
                 for ref in resumed:
                     await self._slots.acquire()
-                    _spawn(group, self._guarded(partial(self._track, ref, since=None), _Slot(self._slots)))
+                    slot = _Slot(self._slots)
+                    _spawn(group, self._guarded(partial(self._track, ref, slot, since=None), slot))
                 while True:
                     # The slot first, then the batch: it is formed at the size current now.
                     await self._slots.acquire()
@@ -229,7 +239,8 @@ class Engine:
                     if batch is None:
                         self._slots.release()
                         break
-                    slot = _Slot(self._slots)
+                    slot = _Slot(self._slots, unsent=True)
+                    self._unsent += 1
                     _spawn(group, self._guarded(partial(self._submit_and_track, batch, slot), slot))
                     # Taking a free slot does not yield: without this, every slot would be
                     # filled (and the rows for them encoded) before the first create left.
@@ -253,7 +264,23 @@ class Engine:
         try:
             await work()
         finally:
+            self._create_left(slot)
             slot.release()
+
+    def _create_left(self, slot: _Slot) -> None:
+        """The batch in ``slot`` sent its first create (or will send none)."""
+        if slot.unsent:
+            slot.unsent = False
+            self._unsent -= 1
+
+    async def _creates_first(self) -> None:
+        """Yield until no batch holds a slot without having sent its create (at most
+        ``CREATE_TURNS`` event-loop turns): a slot just let go is taken by the run loop in
+        the first turn, and the create leaves a couple of turns later."""
+        for _ in range(CREATE_TURNS):
+            await asyncio.sleep(0)
+            if not self._unsent:
+                return
 
     # -- one batch ----------------------------------------------------------------------
     async def _submit_and_track(self, batch: Batch, slot: _Slot) -> None:
@@ -263,9 +290,11 @@ class Engine:
             sent = await self._submit(batch, slot)
         if isinstance(sent, BatchRef):
             since = self._sent_at.pop(sent.batch_id, None)
-            await self._track(sent, since=self._clock() if since is None else since)
+            await self._track(sent, slot, since=self._clock() if since is None else since)
         elif sent is not None:
             for part in sent:  # in turn, in this batch's slot: they replace it
+                if not slot.held:  # let go by the part collected before
+                    await slot.acquire()
                 await self._submit_and_track(part, slot)
 
     async def _submit(self, batch: Batch, slot: _Slot) -> BatchRef | list[Batch] | None:
@@ -382,8 +411,13 @@ class Engine:
         if self._checkpoint is not None:
             await self._checkpoint()
         leaving: list[float] = []
+
         # The task copies the context, both hooks included.
-        with on_send(lambda: leaving.append(self._clock())), on_refused(partial(self._refused, slot)):
+        def left() -> None:
+            leaving.append(self._clock())
+            self._create_left(slot)
+
+        with on_send(left), on_refused(partial(self._refused, slot)):
             task = asyncio.ensure_future(provider.submit(self.api, workflow, batch, staged))
         try:
             remote_id = await asyncio.shield(task)
@@ -424,7 +458,7 @@ class Engine:
         )
         return False
 
-    async def _track(self, ref: BatchRef, *, since: float | None) -> None:
+    async def _track(self, ref: BatchRef, slot: _Slot, *, since: float | None) -> None:
         """Poll until every row has a terminal result, then store the results.
 
         ``since``: when the batch's create request left, so the timer knows when to poll it
@@ -461,6 +495,16 @@ class Engine:
         if learn:
             timer.learn(first_poll_at, running_at, sent)
         results = [r for r in _complete(ref, poll.results, self.ctx.provider.name) if r.key not in stored]
+        if not poll.kept:  # an answer that exists only here is stored before anything else
+            self._store(ref, results)
+            return
+        slot.release()  # the vendor is done with the batch and keeps its results: the next create first
+        try:
+            await self._creates_first()
+        finally:  # cancelled meanwhile (Ctrl-C, the deadline): the rows are paid for, store them
+            self._store(ref, results)
+
+    def _store(self, ref: BatchRef, results: list[RowResult]) -> None:
         self.store.write_results(self.ctx.scope_id, ref.batch_id, results)
         del self._in_flight[ref.batch_id]
         self._collected(results)
@@ -514,11 +558,16 @@ class _Slot:
     """One batch's place among the ``max_in_flight``: released once, whatever happens, and
     let go while the batch's refused create waits (a cancelled wait holds nothing)."""
 
-    __slots__ = ("_held", "_slots")
+    __slots__ = ("_held", "_slots", "unsent")
 
-    def __init__(self, slots: asyncio.Semaphore) -> None:
+    def __init__(self, slots: asyncio.Semaphore, *, unsent: bool = False) -> None:
         self._slots = slots
         self._held = True  # taken by the run loop before the batch's task starts
+        self.unsent = unsent  # a new batch whose create has not left yet (``Engine._unsent``)
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def release(self) -> None:
         if self._held:

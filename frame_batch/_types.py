@@ -76,13 +76,16 @@ class BatchPoll:
 
     ``done`` is true only when every row has a terminal result in ``results``. Rows in a
     state the provider does not document are counted in ``unknown`` and keep the batch
-    open: an unknown state is never taken for success.
+    open: an unknown state is never taken for success. ``kept``: the vendor keeps these
+    results to be read again, so a crash before they are stored loses nothing (False for
+    an answer that exists only in this process, like a synchronous bulk call's).
     """
 
     done: bool
     results: tuple[RowResult, ...] = ()
     unknown: tuple[str, ...] = ()
     attention: tuple[str, ...] = ()  # rows waiting on the user (e.g. Parallel's action_required)
+    kept: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,6 +47,14 @@ def options(tmp_path: Path, emu: RespellEmulator | ParallelEmulator, **more: Any
     return base | more
 
 
+def served(tmp_path: Path, url: str, **more: Any) -> dict[str, Any]:
+    """``options`` for an emulator served on loopback: a gated create then holds the server's
+    thread, not the run's (in process, the transport would run the gate in the job's loop)."""
+    dropped = ("transport", "provider", "api_key")  # the provider object carries the URL and key
+    base = {k: v for k, v in options(tmp_path, RespellEmulator()).items() if k not in dropped}
+    return base | {"provider": frame_batch.Respell(base_url=url, api_key=KEY)} | more
+
+
 async def until(check: Callable[[], bool], what: str) -> None:
     for _ in range(2000):  # bounded: about 20 s
         if check():
@@ -62,8 +70,8 @@ def test_submit_inside_a_running_loop_returns_at_once_and_gives_partial_rows(tmp
     emu = RespellEmulator(spells={SPELL: gated(gate, open_rows=10)})
     df = topics(40)
 
-    async def notebook() -> None:
-        job = df.bulk.submit(SPELL, **options(tmp_path, emu, batch_size=10, max_in_flight=1))
+    async def notebook(url: str) -> None:
+        job = df.bulk.submit(SPELL, **served(tmp_path, url, batch_size=10, max_in_flight=1))
         assert not job.done  # the gate holds rows 10+: returning at all proves submit did not wait
         ticks = 0
 
@@ -91,7 +99,8 @@ def test_submit_inside_a_running_loop_returns_at_once_and_gives_partial_rows(tmp
         assert final["answer"].tolist() == [f"about topic {i}" for i in range(40)]
         assert final[["topic", "n"]].equals(df)
 
-    asyncio.run(notebook())
+    with emu.serve() as server:
+        asyncio.run(notebook(server.url))
     assert not emu.duplicates()
 
 
@@ -142,10 +151,11 @@ def test_cancel_stops_submitting_and_leaves_the_store_resumable(tmp_path: Path) 
     gate = threading.Event()
     emu = RespellEmulator(spells={SPELL: gated(gate, open_rows=10)}, latency=0.05)
     df = topics(40)
-    job = df.bulk.submit(SPELL, **options(tmp_path, emu, batch_size=10, max_in_flight=1))
-    asyncio.run(until(lambda: job.status().done >= 10, "first batch done"))
-    threading.Timer(0.2, gate.set).start()  # the create held at the gate answers, then we stop
-    summary = job.cancel(remote=False, timeout=30)
+    with emu.serve() as server:
+        job = df.bulk.submit(SPELL, **served(tmp_path, server.url, batch_size=10, max_in_flight=1))
+        asyncio.run(until(lambda: job.status().done >= 10, "first batch done"))
+        threading.Timer(0.2, gate.set).start()  # the create held at the gate answers, then we stop
+        summary = job.cancel(remote=False, timeout=30)
     assert job.status().state == "cancelled"
     assert any("cancelled by job.cancel()" in n for n in summary.notes)
     assert summary.pending > 0

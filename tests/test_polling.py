@@ -19,8 +19,9 @@ import certifi
 import httpx
 import orjson
 import pytest
-from conftest import KEY, SPELL
+from conftest import KEY, SPELL, topics
 
+import frame_batch
 from frame_batch import Respell, RetryPolicy
 from frame_batch._engine import Engine, EngineOptions, EngineReport, PollTimer, RunContext
 from frame_batch._http import ApiClient, _tls_context
@@ -234,6 +235,88 @@ def test_each_first_retry_of_a_read_is_capped_and_retry_after_is_honoured(tmp_pa
     assert len(waits) == 9
     assert all(0.0 <= w <= 0.05 for w in waits[:8]), waits
     assert waits[8] == 1.5
+
+
+def stored_parts(cache: Path) -> int:
+    return len(list((cache / "results").rglob("part-*.parquet")))
+
+
+def test_a_done_batch_lets_the_next_create_leave_before_its_part_is_written(tmp_path: Path) -> None:
+    """One slot. Respell keeps a bulk run's results (a crash before they are stored loses
+    nothing: they are read again), so a batch read done lets its slot go at once: the next
+    create leaves before the batch's part is written (a part costs fsyncs that would hold
+    that create back), and the part follows right after. Never two batches in flight."""
+    emu = RespellEmulator(latency=0.0)
+    cache = tmp_path / "cache"
+    parts_at_create: list[int] = []
+    routes: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        request.read()
+        route = request.url.path.rsplit("/", 1)[-1]
+        if route == "bulkStart":
+            parts_at_create.append(stored_parts(cache))
+        routes.append(route)
+        return emu.handler(request)
+
+    result = frame_batch.run(
+        topics(30),
+        SPELL,
+        provider="respell",
+        api_key=KEY,
+        transport=httpx.MockTransport(handle),
+        cache=cache,
+        batch_size=10,
+        max_in_flight=1,
+        progress=False,
+        retry=RetryPolicy.testing(),
+        poll_interval=0.01,
+    )
+    assert result.summary.succeeded == 30
+    assert parts_at_create == [0, 0, 1]  # batch 1 is written after create 2 left, before create 3
+    assert stored_parts(cache) == 3
+    in_flight = 0
+    for route in routes:  # every poll finds its batch done (no latency)
+        in_flight += (route == "bulkStart") - (route == "getBulkRuns")
+        assert 0 <= in_flight <= 1, routes
+
+
+def test_halves_of_a_refused_batch_take_the_slot_in_turn(tmp_path: Path) -> None:
+    """One slot. Creates of more than 5 rows are refused as too large (413): each batch of 10
+    is sent again as halves, one after the other in its slot. A half read done lets the slot
+    go early (before its part is written), so the next half must take the slot again: two
+    batches are never in flight, and every row is paid once."""
+    emu = RespellEmulator(latency=0.0)
+    routes: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        request.read()
+        route = request.url.path.rsplit("/", 1)[-1]
+        if route == "bulkStart" and len(orjson.loads(request.content)["inputs"]) > 5:
+            return httpx.Response(413, json={"message": "too many inputs"})
+        routes.append(route)
+        return emu.handler(request)
+
+    result = frame_batch.run(
+        topics(30),
+        SPELL,
+        provider="respell",
+        api_key=KEY,
+        transport=httpx.MockTransport(handle),
+        cache=tmp_path / "cache",
+        batch_size=10,
+        max_in_flight=1,
+        progress=False,
+        retry=RetryPolicy.testing(),
+        poll_interval=0.01,
+    )
+    assert result.summary.succeeded == 30
+    assert not emu.duplicates()
+    assert routes.count("bulkStart") >= 6  # 413s are not in routes: halves of every batch
+    in_flight = 0
+    for route in routes:  # every poll finds its batch done (no latency)
+        in_flight += (route == "bulkStart") - (route == "getBulkRuns")
+        assert 0 <= in_flight <= 1, routes
 
 
 def test_a_refused_create_lets_its_slot_go_while_it_waits(tmp_path: Path) -> None:

@@ -122,6 +122,24 @@ def test_df_bulk_run_over_a_socket_with_bytes_dict_a_failing_row_and_a_dropped_c
     assert emu.requests()["bulk-run"] == 4  # the SDK's spelling by default
 
 
+def test_a_bulk_answer_is_stored_before_the_next_call_leaves(tmp_path: Path) -> None:
+    """A synchronous bulk call's answer exists only in this process (nothing to read again
+    after a crash), so it is stored before the next paid call goes out, unlike a polled
+    batch whose results the vendor keeps (see test_polling)."""
+    emu = VectorShiftEmulator(pipelines={PIPE: pipeline}, api_keys=[KEY])
+    cache = tmp_path / "cache"
+    parts_at_call: list[int] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        request.read()
+        parts_at_call.append(len(list((cache / "results").rglob("part-*.parquet"))))
+        return emu.handler(request)
+
+    out = run(frame(12), emu, tmp_path, transport=httpx.MockTransport(handle), batch_size=4, max_in_flight=1)
+    assert out.summary.succeeded == 11  # row 3 fails in the pipeline
+    assert parts_at_call == [0, 1, 2]
+
+
 def test_conversation_id_comes_from_a_column_and_the_docs_path_is_selectable(tmp_path: Path) -> None:
     """conversation_id= names the input sent as each run's conversation_id; bulk_path switches."""
     emu = VectorShiftEmulator(pipelines={PIPE: pipeline})

@@ -254,7 +254,7 @@ class VectorShift:
         if results is None:
             # Journaled as sent, but the answer died with an earlier process.
             return BatchPoll(done=True, results=tuple(RowResult(k, "failed", error=LOST) for k in ref.keys))
-        return BatchPoll(done=True, results=results)
+        return BatchPoll(done=True, results=results, kept=False)  # the bulk call's answer: only here
 
     async def _poll_task(self, api: ApiClient, workflow: str, ref: BatchRef) -> BatchPoll:
         """``GET /run/status/{task}``; states mapped defensively (api-contracts §3.3)."""
