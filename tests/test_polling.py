@@ -12,7 +12,7 @@ import itertools
 import random
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import certifi
@@ -241,6 +241,32 @@ def stored_parts(cache: Path) -> int:
     return len(list((cache / "results").rglob("part-*.parquet")))
 
 
+def run_in_one_slot(cache: Path, handle: Callable[[httpx.Request], httpx.Response]) -> frame_batch.RunResult:
+    """30 rows in batches of 10, one batch in flight at a time, through ``handle``."""
+    return frame_batch.run(
+        topics(30),
+        SPELL,
+        provider="respell",
+        api_key=KEY,
+        transport=httpx.MockTransport(handle),
+        cache=cache,
+        batch_size=10,
+        max_in_flight=1,
+        progress=False,
+        retry=RetryPolicy.testing(),
+        poll_interval=0.01,
+    )
+
+
+def assert_one_in_flight(routes: list[str]) -> None:
+    """Creates and polls in the order sent: at most one batch created and not yet read done
+    (with no latency, every poll finds its batch done)."""
+    in_flight = 0
+    for route in routes:
+        in_flight += (route == "bulkStart") - (route == "getBulkRuns")
+        assert 0 <= in_flight <= 1, routes
+
+
 def test_a_done_batch_lets_the_next_create_leave_before_its_part_is_written(tmp_path: Path) -> None:
     """One slot. Respell keeps a bulk run's results (a crash before they are stored loses
     nothing: they are read again), so a batch read done lets its slot go at once: the next
@@ -259,26 +285,11 @@ def test_a_done_batch_lets_the_next_create_leave_before_its_part_is_written(tmp_
         routes.append(route)
         return emu.handler(request)
 
-    result = frame_batch.run(
-        topics(30),
-        SPELL,
-        provider="respell",
-        api_key=KEY,
-        transport=httpx.MockTransport(handle),
-        cache=cache,
-        batch_size=10,
-        max_in_flight=1,
-        progress=False,
-        retry=RetryPolicy.testing(),
-        poll_interval=0.01,
-    )
+    result = run_in_one_slot(cache, handle)
     assert result.summary.succeeded == 30
     assert parts_at_create == [0, 0, 1]  # batch 1 is written after create 2 left, before create 3
     assert stored_parts(cache) == 3
-    in_flight = 0
-    for route in routes:  # every poll finds its batch done (no latency)
-        in_flight += (route == "bulkStart") - (route == "getBulkRuns")
-        assert 0 <= in_flight <= 1, routes
+    assert_one_in_flight(routes)
 
 
 def test_halves_of_a_refused_batch_take_the_slot_in_turn(tmp_path: Path) -> None:
@@ -297,26 +308,11 @@ def test_halves_of_a_refused_batch_take_the_slot_in_turn(tmp_path: Path) -> None
         routes.append(route)
         return emu.handler(request)
 
-    result = frame_batch.run(
-        topics(30),
-        SPELL,
-        provider="respell",
-        api_key=KEY,
-        transport=httpx.MockTransport(handle),
-        cache=tmp_path / "cache",
-        batch_size=10,
-        max_in_flight=1,
-        progress=False,
-        retry=RetryPolicy.testing(),
-        poll_interval=0.01,
-    )
+    result = run_in_one_slot(tmp_path / "cache", handle)
     assert result.summary.succeeded == 30
     assert not emu.duplicates()
     assert routes.count("bulkStart") >= 6  # 413s are not in routes: halves of every batch
-    in_flight = 0
-    for route in routes:  # every poll finds its batch done (no latency)
-        in_flight += (route == "bulkStart") - (route == "getBulkRuns")
-        assert 0 <= in_flight <= 1, routes
+    assert_one_in_flight(routes)
 
 
 def test_a_refused_create_lets_its_slot_go_while_it_waits(tmp_path: Path) -> None:
