@@ -189,7 +189,7 @@ class Engine:
         self._in_flight: dict[str, BatchRef] = {}
         self._staged: dict[str, str] = {}  # batch id -> staged id, while its create is in flight
         self._sent_at: dict[str, float] = {}  # batch id -> when its (answered) create request left
-        self._unsent = 0  # batches given a slot whose create request has not left yet
+        self._unsent: set[_Slot] = set()  # slots of new batches whose create has not left yet
         self.timer = PollTimer(options.first_poll, options.poll_interval)
         if api.first_read_retry is None:  # a failed poll is retried by when the next one would come
             api.first_read_retry = options.poll_interval
@@ -239,8 +239,8 @@ class Engine:
                     if batch is None:
                         self._slots.release()
                         break
-                    slot = _Slot(self._slots, unsent=True)
-                    self._unsent += 1
+                    slot = _Slot(self._slots)
+                    self._unsent.add(slot)
                     _spawn(group, self._guarded(partial(self._submit_and_track, batch, slot), slot))
                     # Taking a free slot does not yield: without this, every slot would be
                     # filled (and the rows for them encoded) before the first create left.
@@ -264,14 +264,8 @@ class Engine:
         try:
             await work()
         finally:
-            self._create_left(slot)
+            self._unsent.discard(slot)  # it will send no create now, if it had not yet
             slot.release()
-
-    def _create_left(self, slot: _Slot) -> None:
-        """The batch in ``slot`` sent its first create (or will send none)."""
-        if slot.unsent:
-            slot.unsent = False
-            self._unsent -= 1
 
     async def _creates_first(self) -> None:
         """Yield until no batch holds a slot without having sent its create (at most
@@ -412,11 +406,11 @@ class Engine:
             await self._checkpoint()
         leaving: list[float] = []
 
-        # The task copies the context, both hooks included.
         def left() -> None:
             leaving.append(self._clock())
-            self._create_left(slot)
+            self._unsent.discard(slot)  # its first create has left: see ``_creates_first``
 
+        # The task copies the context, both hooks included.
         with on_send(left), on_refused(partial(self._refused, slot)):
             task = asyncio.ensure_future(provider.submit(self.api, workflow, batch, staged))
         try:
@@ -556,14 +550,14 @@ class Engine:
 
 class _Slot:
     """One batch's place among the ``max_in_flight``: released once, whatever happens, and
-    let go while the batch's refused create waits (a cancelled wait holds nothing)."""
+    let go while the batch's refused create waits (a cancelled wait holds nothing) and once
+    the batch is read done (before its results are written, when the vendor keeps them)."""
 
-    __slots__ = ("_held", "_slots", "unsent")
+    __slots__ = ("_held", "_slots")
 
-    def __init__(self, slots: asyncio.Semaphore, *, unsent: bool = False) -> None:
+    def __init__(self, slots: asyncio.Semaphore) -> None:
         self._slots = slots
         self._held = True  # taken by the run loop before the batch's task starts
-        self.unsent = unsent  # a new batch whose create has not left yet (``Engine._unsent``)
 
     @property
     def held(self) -> bool:

@@ -28,6 +28,11 @@ def topics(n: int) -> pd.DataFrame:
     return pd.DataFrame({"topic": [f"topic {i}" for i in range(n)], "n": list(range(n))})
 
 
+def stored_parts(cache: Path) -> int:
+    """How many result part files the cache holds (one per stored batch until a merge)."""
+    return len(list((cache / "results").rglob("part-*.parquet")))
+
+
 @pytest.fixture
 def emulator() -> RespellEmulator:
     return RespellEmulator()

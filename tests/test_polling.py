@@ -19,7 +19,7 @@ import certifi
 import httpx
 import orjson
 import pytest
-from conftest import KEY, SPELL, topics
+from conftest import KEY, SPELL, stored_parts, topics
 
 import frame_batch
 from frame_batch import Respell, RetryPolicy
@@ -235,10 +235,6 @@ def test_each_first_retry_of_a_read_is_capped_and_retry_after_is_honoured(tmp_pa
     assert len(waits) == 9
     assert all(0.0 <= w <= 0.05 for w in waits[:8]), waits
     assert waits[8] == 1.5
-
-
-def stored_parts(cache: Path) -> int:
-    return len(list((cache / "results").rglob("part-*.parquet")))
 
 
 def run_in_one_slot(cache: Path, handle: Callable[[httpx.Request], httpx.Response]) -> frame_batch.RunResult:

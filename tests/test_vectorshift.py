@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from conftest import stored_parts
 
 import frame_batch
 from frame_batch import RetryPolicy
@@ -132,7 +133,7 @@ def test_a_bulk_answer_is_stored_before_the_next_call_leaves(tmp_path: Path) -> 
 
     def handle(request: httpx.Request) -> httpx.Response:
         request.read()
-        parts_at_call.append(len(list((cache / "results").rglob("part-*.parquet"))))
+        parts_at_call.append(stored_parts(cache))
         return emu.handler(request)
 
     out = run(frame(12), emu, tmp_path, transport=httpx.MockTransport(handle), batch_size=4, max_in_flight=1)
