@@ -35,6 +35,7 @@ from ._join import Handover, join_results, with_pending
 from ._keys import fingerprint
 from ._manifest import KnownPlan, Plans, input_columns
 from ._manifest import fingerprint as frame_fingerprint
+from ._memory import old_objects_frozen
 from ._memory import release as release_memory
 from ._planning import BatchSizer, Budget, PlanState
 from ._rowkeys import RowKeys, count_unique
@@ -164,6 +165,11 @@ class Session:
 
     # -- running ----------------------------------------------------------------------
     async def execute(self) -> Outcome:
+        # The collector's full passes skip what existed before the run (see ``_memory``).
+        with old_objects_frozen():
+            return await self._execute()
+
+    async def _execute(self) -> Outcome:
         setup, store = self.setup, self.store
         limits = setup.limits
         self.api = api = ApiClient(
