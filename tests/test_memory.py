@@ -7,12 +7,11 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from conftest import topics
 
 import frame_batch
 from frame_batch._memory import old_objects_frozen
 from frame_batch.testing import RespellEmulator
-
-from conftest import topics
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +31,8 @@ def test_a_run_keeps_the_collector_off_older_objects_and_hands_them_back(
         topics(30), emulator, batch_size=10, progress=lambda _: frozen.append(gc.get_freeze_count())
     )
     assert result.summary.succeeded == 30
-    assert frozen and min(frozen) > 0
+    assert frozen
+    assert min(frozen) > 0
     assert gc.get_freeze_count() == 0
 
 
@@ -64,5 +64,6 @@ def test_runs_in_threads_share_one_freeze_undone_when_the_last_ends() -> None:
         pass  # this run ends while the other still runs
     first_out.set()
     thread.join(timeout=10)
-    assert seen and seen[0] > 0
+    assert seen
+    assert seen[0] > 0
     assert gc.get_freeze_count() == 0
