@@ -6,13 +6,16 @@ import asyncio
 import os
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import KEY, SPELL
 
+import frame_batch
 from frame_batch import Respell, RetryPolicy
 from frame_batch._http import ApiClient
 from frame_batch._keys import row_key, row_keys, scope_of
@@ -20,6 +23,7 @@ from frame_batch._planning import BatchSizer, PlanState, plan_batches
 from frame_batch._retry import is_retryable_exception, is_retryable_status, parse_retry_after
 from frame_batch._types import BatchRef, EncodedChunk, RowResult
 from frame_batch.store import Store
+from frame_batch.testing import RespellEmulator
 
 
 def payload(i: int, size: int = 0) -> bytes:
@@ -237,9 +241,13 @@ def test_journal_survives_in_wal_mode(tmp_path: Path) -> None:
 
 
 # -- Respell adapter ----------------------------------------------------------------------------
-def poll_once(runs: list[dict[str, object]], keys: tuple[str, ...]) -> object:
+def poll_once(runs: list[Any], keys: tuple[str, ...]) -> object:
+    return poll_answer(orjson.dumps({"runs": runs}), keys)
+
+
+def poll_answer(content: bytes, keys: tuple[str, ...]) -> object:
     def answer(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"runs": runs})
+        return httpx.Response(200, content=content, headers={"content-type": "application/json"})
 
     provider = Respell(api_key=KEY)
 
@@ -281,6 +289,59 @@ def test_runs_are_matched_by_index_else_by_their_echoed_inputs() -> None:
         keys[1]: ("succeeded", {"x": 2}, "r-2"),
     }
     assert poll.done  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "content", [b"<html>502 Bad Gateway</html>", b"[]", b'{"runs": "none"}', b'{"runs": {"0": {}}}', b"{}"]
+)
+def test_an_answer_without_a_runs_list_keeps_the_batch_open(content: bytes) -> None:
+    """Not JSON, not an object, or no list of runs: nothing is read, the batch stays open."""
+    poll = poll_answer(content, ("k0",))
+    assert not poll.done  # type: ignore[attr-defined]
+    assert poll.results == ()  # type: ignore[attr-defined]
+    assert poll.unknown == ("<no runs list in getBulkRuns answer>",)  # type: ignore[attr-defined]
+
+
+def test_runs_that_are_not_objects_are_skipped_and_unknown_fields_ignored() -> None:
+    """Items of ``runs`` that are not objects are passed over; the runs around them are read,
+    whatever extra fields (nested or not) they carry."""
+    runs = [
+        "run 0",
+        None,
+        {"index": 0, "state": "success", "outputs": {"x": 1}, "extra": {"deep": [1, {"a": None}]}},
+        [1, 2],
+        3.5,
+        {"index": 1, "trace": "…", "state": "failed", "message": "bad input", "id": 12},
+    ]
+    poll = poll_once(runs, ("k0", "k1"))
+    got = {r.key: (r.status, r.outputs, r.error, r.run_id) for r in poll.results}  # type: ignore[attr-defined]
+    assert got == {"k0": ("succeeded", {"x": 1}, None, None), "k1": ("failed", None, "bad input", "12")}
+    assert poll.done  # type: ignore[attr-defined]
+
+
+def test_an_integer_beyond_64_bits_in_an_answer_is_stored_as_orjson_reads_it(tmp_path: Path) -> None:
+    """A run's output (or echoed input) holding an integer too wide for 64 bits is no error:
+    the output is kept as the float orjson would read; the input just matches no row (ours
+    are sent as orjson's JSON), so such a run falls back to its position."""
+    emu = RespellEmulator()
+    wide = 123456789012345678901234567890
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        response = emu.handler(request)
+        if not request.url.path.endswith("getBulkRuns"):
+            return response
+        body = response.read().replace(b'"length":', f'"wide":{wide},"length":'.encode())
+        body = body.replace(b'"index":', b'"at":').replace(b'"inputs":{', f'"inputs":{{"w":{wide},'.encode())
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    df = pd.DataFrame({"topic": ["a", "b", "c"]})
+    result = frame_batch.run(
+        df, SPELL, provider=Respell(api_key=KEY), transport=httpx.MockTransport(handle),
+        cache=tmp_path / "cache", progress=False, poll_interval=0.01, retry=RetryPolicy.testing(),
+    )  # fmt: skip
+    assert result.summary.succeeded == 3
+    assert result.frame["wide"].tolist() == [float(wide)] * 3
+    assert result.frame["summary"].tolist() == ["Summary: a", "Summary: b", "Summary: c"]
 
 
 def test_failed_runs_carry_the_vendor_message() -> None:

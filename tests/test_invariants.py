@@ -175,7 +175,7 @@ def test_runs_matched_by_echoed_inputs_when_no_index_is_given() -> None:
     """Without an index field, runs are matched through their echoed inputs, not their order."""
     from frame_batch._keys import row_key, scope_of
     from frame_batch._types import BatchRef
-    from frame_batch.providers.respell import _read_runs
+    from frame_batch.providers.respell import _read_answer
 
     scope = scope_of("respell", SPELL, "")
     payloads = [orjson.dumps({"topic": t}, option=orjson.OPT_SORT_KEYS) for t in ("a", "b", "c")]
@@ -183,7 +183,7 @@ def test_runs_matched_by_echoed_inputs_when_no_index_is_given() -> None:
     runs = [
         {"state": "success", "inputs": {"topic": t}, "outputs": {"o": t.upper()}} for t in ("c", "a", "b")
     ]
-    poll = _read_runs(runs, BatchRef("b1", "r1", keys), scope)
+    poll = _read_answer(orjson.dumps({"runs": runs}), BatchRef("b1", "r1", keys), scope)
     assert poll.done
     by_key = {r.key: r.outputs for r in poll.results}
     assert [by_key[k] for k in keys] == [{"o": "A"}, {"o": "B"}, {"o": "C"}]

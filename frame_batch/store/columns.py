@@ -106,9 +106,29 @@ def _typed(values: list[object]) -> pa.Array | None:
 
 
 def _dump_all(values: Iterable[object], save: Callable[[object], object] | None) -> list[str | None]:
-    return [
-        None if v is None else orjson.dumps(v, default=save, option=_DUMP_OPTION).decode() for v in values
-    ]
+    return [None if v is None else _dump(v, save) for v in values]
+
+
+def _dump(value: object, save: Callable[[object], object] | None) -> str:
+    try:
+        return orjson.dumps(value, default=save, option=_DUMP_OPTION).decode()
+    except orjson.JSONEncodeError:
+        # An integer beyond 64 bits (msgspec decodes one exactly, orjson cannot write it):
+        # stored as orjson reads such a number, a float. Anything else still fails here.
+        return orjson.dumps(_wide_ints_as_floats(value), default=save, option=_DUMP_OPTION).decode()
+
+
+def _wide_ints_as_floats(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _wide_ints_as_floats(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_wide_ints_as_floats(v) for v in value]
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        try:
+            return float(value)
+        except OverflowError:
+            return str(value)  # beyond any float: its digits, as text
+    return value
 
 
 def legacy_columns(texts: Sequence[str | None]) -> dict[str, pa.Array]:
