@@ -170,6 +170,7 @@ def _read_answer(content: bytes, ref: BatchRef, scope: bytes) -> BatchPoll:
 
 
 def _read_runs(runs: list[Any], ref: BatchRef, scope: bytes) -> BatchPoll:
+    """Turn a ``runs`` list into results keyed by row key."""
     keys = ref.keys
     by_position = len(runs) == len(keys)
     positions: dict[str, int] | None = None  # built only if some run has no usable index

@@ -113,8 +113,9 @@ def _dump(value: object, save: Callable[[object], object] | None) -> str:
     try:
         return orjson.dumps(value, default=save, option=_DUMP_OPTION).decode()
     except orjson.JSONEncodeError:
-        # An integer beyond 64 bits (msgspec decodes one exactly, orjson cannot write it):
-        # stored as orjson reads such a number, a float. Anything else still fails here.
+        # An integer beyond 64 bits, which orjson cannot write (the Respell adapter's msgspec
+        # decoder keeps one exact, and so may any Provider object): stored as orjson reads
+        # such a number, a float. Anything else still fails here.
         return orjson.dumps(_wide_ints_as_floats(value), default=save, option=_DUMP_OPTION).decode()
 
 
