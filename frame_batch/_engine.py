@@ -8,8 +8,10 @@ Rules this module keeps (DESIGN §4):
   A collected batch whose results the vendor keeps (``BatchPoll.kept``) lets its slot go
   before they are stored, and the store waits until the create that takes the slot has left
   (``_creates_first``): storing blocks the event loop for a few ms (fsyncs), and a create
-  sent after it starts its batch that much later. Results that exist only in this process
-  (a synchronous call's answer) are stored first: a crash must not lose paid rows.
+  sent after it starts its batch that much later. Such results also wait to be stored with
+  other batches' as one part (``PendingResults``), and are stored whenever the run ends.
+  Results that exist only in this process (a synchronous call's answer) are stored first,
+  on their own: a crash must not lose paid rows.
 - Submitting is stage (journaled) then create, so a lost answer can be looked for. A create
   whose answer was lost is reconciled through the provider: adopted when found, sent again
   when certainly absent. When the provider cannot tell, ``on_ambiguous`` decides:
@@ -43,6 +45,7 @@ from typing import Any, Literal
 
 from . import errors
 from ._http import AmbiguousCreate, ApiClient, on_refused, on_send
+from ._pending import PendingResults
 from ._planning import BatchSizer, split
 from ._types import Batch, BatchPoll, BatchRef, Progress, ProgressCallback, RowResult
 from .providers.base import Provider
@@ -190,6 +193,10 @@ class Engine:
         self._staged: dict[str, str] = {}  # batch id -> staged id, while its create is in flight
         self._sent_at: dict[str, float] = {}  # batch id -> when its (answered) create request left
         self._unsent: set[_Slot] = set()  # slots of new batches whose create has not left yet
+        self._pending = PendingResults(store, ctx.scope_id, clock)  # collected, kept, not stored yet
+        self._out = 0  # batches being sent, polled or stored (each in its own task)
+        self._group: asyncio.TaskGroup | None = None  # the run's tasks, while it runs
+        self._store_later: asyncio.Task[None] | None = None  # stores ``_pending`` when it is due
         self.timer = PollTimer(options.first_poll, options.poll_interval)
         if api.first_read_retry is None:  # a failed poll is retried by when the next one would come
             api.first_read_retry = options.poll_interval
@@ -224,10 +231,30 @@ class Engine:
         return refs
 
     async def run(self, resumed: list[BatchRef], batches: Iterator[Batch]) -> EngineReport:
-        """Poll ``resumed`` and submit ``batches`` (consumed lazily) until all are collected."""
+        """Poll ``resumed`` and submit ``batches`` (consumed lazily) until all are collected.
+        However the run ends, the results collected are stored before this returns."""
+        try:
+            report = await self._run(resumed, batches)
+        except BaseException:
+            self._store_pending_quietly()
+            raise
+        self._store_pending()
+        return report
+
+    def _store_pending_quietly(self) -> None:
+        """On the way out with an error: store what was collected, but keep that error (a
+        failure here leaves the batches ``submitted``, polled again by the next run)."""
+        rows = self._pending.rows
+        try:
+            self._store_pending()
+        except Exception as exc:
+            log.warning("could not store %d collected rows (%s); the next run polls them again", rows, exc)
+
+    async def _run(self, resumed: list[BatchRef], batches: Iterator[Batch]) -> EngineReport:
         timeout = asyncio.timeout(self.options.deadline) if self.options.deadline is not None else None
         try:
             async with timeout or contextlib.nullcontext(), asyncio.TaskGroup() as group:
+                self._group = group
                 for ref in resumed:
                     await self._slots.acquire()
                     slot = _Slot(self._slots)
@@ -261,9 +288,11 @@ class Engine:
     async def _guarded(self, work: Callable[[], Awaitable[None]], slot: _Slot) -> None:
         # ``work`` is a callable, not a coroutine: a task cancelled before it starts would
         # otherwise leave a coroutine that was never awaited.
+        self._out += 1
         try:
             await work()
         finally:
+            self._out -= 1
             self._unsent.discard(slot)  # it will send no create now, if it had not yet
             slot.release()
 
@@ -495,13 +524,47 @@ class Engine:
         slot.release()  # the vendor is done with the batch and keeps its results: the next create first
         try:
             await self._creates_first()
-        finally:  # cancelled meanwhile (Ctrl-C, the deadline): the rows are paid for, store them
-            self._store(ref, results)
+        finally:  # cancelled meanwhile (Ctrl-C, the deadline): ``run`` stores them on its way out
+            self._hold(ref, results)
 
     def _store(self, ref: BatchRef, results: list[RowResult]) -> None:
         self.store.write_results(self.ctx.scope_id, ref.batch_id, results)
         del self._in_flight[ref.batch_id]
         self._collected(results)
+
+    def _hold(self, ref: BatchRef, results: list[RowResult]) -> None:
+        """Results the vendor keeps: stored with other batches' (``PendingResults``), at once
+        when no other batch is out (none would come to be stored with them; the next batch's
+        task has started by now, if there is one: see ``_creates_first``)."""
+        self._pending.add(ref.batch_id, results)
+        del self._in_flight[ref.batch_id]
+        if self._out <= 1 or self._pending.due():
+            self._store_pending()
+        elif self._store_later is None and self._group is not None:
+            later = self._store_when_due()
+            try:
+                self._store_later = self._group.create_task(later)
+            except RuntimeError:  # the run is ending (an error, Ctrl-C): ``run`` stores them
+                later.close()
+
+    async def _store_when_due(self) -> None:
+        """Store what waits in ``_pending`` once the oldest has waited ``max_age``, whatever
+        the other batches do (they may all be waiting on a slow create, or a Retry-After).
+        A real wait, not the injected ``sleep``: it is cancelled when the results are stored
+        sooner, and a test's fake clock must not move for it."""
+        await asyncio.sleep(self._pending.max_age)
+        self._store_later = None
+        self._store_pending()
+
+    def _store_pending(self) -> None:
+        """Store the results waiting in ``_pending``; only then are they counted as collected,
+        so the progress and a snapshot of the run (``Job.result``) agree."""
+        later, self._store_later = self._store_later, None
+        if later is not None and later is not asyncio.current_task():
+            later.cancel()
+        stored = self._pending.flush()
+        if stored:
+            self._collected(*(results for _, results in stored))
 
     def _note(self, poll: BatchPoll) -> None:
         """Log each undocumented state and each message for the user once per run."""
@@ -520,9 +583,10 @@ class Engine:
         stored.update(r.key for r in fresh)
         self._collected(fresh)
 
-    def _collected(self, results: list[RowResult]) -> None:
-        self.report.rows_collected += len(results)
-        self.report.rows_failed += sum(r.status != "succeeded" for r in results)
+    def _collected(self, *groups: list[RowResult]) -> None:
+        for results in groups:
+            self.report.rows_collected += len(results)
+            self.report.rows_failed += sum(r.status != "succeeded" for r in results)
         self._notify()
 
     async def _cancel_in_flight(self) -> None:

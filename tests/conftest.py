@@ -29,7 +29,8 @@ def topics(n: int) -> pd.DataFrame:
 
 
 def stored_parts(cache: Path) -> int:
-    """How many result part files the cache holds (one per stored batch until a merge)."""
+    """How many result part files the cache holds (until a merge: one per lone batch stored,
+    or per group of batches stored together, see ``frame_batch._pending``)."""
     return len(list((cache / "results").rglob("part-*.parquet")))
 
 

@@ -207,9 +207,10 @@ def test_attach_from_a_new_kernel_resumes_a_job_whose_kernel_died(tmp_path: Path
     it on: in-flight batches are polled, the rest sent, nothing paid twice."""
     emu = RespellEmulator(latency=0.1)
     cache = tmp_path / "cache"
+    rows = 120  # 24 batches one at a time, ~3 s: the first rows count as done once stored (~1 s)
     with emu.serve() as server:
         child = subprocess.Popen(
-            [sys.executable, str(HERE / "job_child.py"), server.url, str(cache), "40", "10"],
+            [sys.executable, str(HERE / "job_child.py"), server.url, str(cache), str(rows), "10"],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -220,18 +221,18 @@ def test_attach_from_a_new_kernel_resumes_a_job_whose_kernel_died(tmp_path: Path
             os.kill(child.pid, signal.SIGKILL)
             child.wait(timeout=30)
         before = sum(emu.charges().values())
-        assert 10 <= before < 40
+        assert 10 <= before < rows
         job = frame_batch.attach(cache=cache, api_key="child-key", retry=RetryPolicy.testing())
         summary = job.wait(timeout=60)
-        assert summary.succeeded == 40
+        assert summary.succeeded == rows
         assert job.result()["summary"].notna().all()
         charges = emu.charges()
-        assert len(charges) == 40  # every row ran
+        assert len(charges) == rows  # every row ran
         # A kill can land while a create is in flight: any row paid twice was reported as such.
         assert len(emu.duplicates()) <= summary.possibly_duplicated
         creates = emu.create_requests
         ended = frame_batch.attach(cache=cache, api_key="child-key")  # an ended job: shown, not run
-        assert ended.wait(timeout=30).succeeded == 40
+        assert ended.wait(timeout=30).succeeded == rows
         assert emu.create_requests == creates
 
 

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from frame_batch._manifest import MIN_ROWS
+from frame_batch.store.parts import COMPACT_AFTER
 from frame_batch.testing import RespellEmulator
 
 ROWS = MIN_ROWS
@@ -102,7 +103,12 @@ def test_a_merged_store_is_joined_by_recorded_positions(tmp_path: Path, run_with
     the merged part: the rerun reads positions, not keys (swapping two positions on disk
     swaps two rows' outputs); once the store changes, keys are looked up again."""
     df = frame()
-    first = run_with(df, RespellEmulator(), batch_size=100).frame  # 100 parts: merged at the end
+    # A run stores what it collects in one part: COMPACT_AFTER - 1 runs of slices leave as
+    # many parts, and the whole frame's run adds one for the rest and merges them all.
+    step = ROWS // COMPACT_AFTER
+    for start in range(0, step * (COMPACT_AFTER - 1), step):
+        run_with(df.iloc[start : start + step], RespellEmulator(), batch_size=1000)
+    first = run_with(df, RespellEmulator(), batch_size=1000).frame
     (path,) = plans(tmp_path / "cache")
     table = pq.read_table(path)
     assert table["row"].null_count == 0

@@ -26,6 +26,7 @@ from frame_batch import Respell, RetryPolicy
 from frame_batch._engine import Engine, EngineOptions, EngineReport, PollTimer, RunContext
 from frame_batch._http import ApiClient, _tls_context
 from frame_batch._keys import row_key, scope_of
+from frame_batch._pending import MAX_ROWS
 from frame_batch._types import Batch
 from frame_batch.store import Store
 from frame_batch.testing import Faults, RespellEmulator
@@ -62,8 +63,10 @@ class Polls:
         clock: FakeClock,
         answer_time: float = 0.0,
         create_answer_times: Iterator[float] | None = None,
+        on_request: Callable[[str], None] | None = None,
     ) -> None:
         self.emu = emu
+        self.on_request = on_request
         self.clock = clock
         self.answer_time = answer_time
         self.create_answer_times = create_answer_times or iter(())
@@ -75,6 +78,8 @@ class Polls:
             route = request.url.path.rsplit("/", 1)[-1]
             group = orjson.loads(request.content).get("groupId") if route == "getBulkRuns" else None
             self.seen.append((self.clock.now, route, group))
+            if self.on_request is not None:
+                self.on_request(route)
             response = self.emu.handler(request)
             slow = next(self.create_answer_times, None) if route == "bulkStart" else None
             self.clock.now += self.answer_time if slow is None else slow
@@ -111,8 +116,9 @@ def run_engine(
     api_sleeps: list[float] | None = None,
     answer_time: float = 0.0,
     create_answer_times: Iterator[float] | None = None,
+    on_request: Callable[[str], None] | None = None,
 ) -> tuple[EngineReport, Polls]:
-    polls = Polls(emu, clock, answer_time, create_answer_times)
+    polls = Polls(emu, clock, answer_time, create_answer_times, on_request)
     provider = Respell(api_key=KEY)
 
     async def api_sleep(seconds: float) -> None:
@@ -265,27 +271,25 @@ def assert_one_in_flight(routes: list[str]) -> None:
 
 def test_a_done_batch_lets_the_next_create_leave_before_its_part_is_written(tmp_path: Path) -> None:
     """One slot. Respell keeps a bulk run's results (a crash before they are stored loses
-    nothing: they are read again), so a batch read done lets its slot go at once: the next
-    create leaves before the batch's part is written (a part costs fsyncs that would hold
-    that create back), and the part follows right after. Never two batches in flight."""
-    emu = RespellEmulator(latency=0.0)
+    nothing: they are read again), so a batch read done lets its slot go at once, and its
+    results may wait to be stored with the next batch's (``_pending``). When they are due
+    (here: each batch is ``MAX_ROWS`` rows), the next create leaves before the part is
+    written: a part costs fsyncs that would hold that create back."""
+    clock = FakeClock()
+    emu = RespellEmulator(latency=0.0, clock=clock)
     cache = tmp_path / "cache"
     parts_at_create: list[int] = []
-    routes: list[str] = []
 
-    def handle(request: httpx.Request) -> httpx.Response:
-        request.read()
-        route = request.url.path.rsplit("/", 1)[-1]
+    def watch(route: str) -> None:
         if route == "bulkStart":
             parts_at_create.append(stored_parts(cache))
-        routes.append(route)
-        return emu.handler(request)
 
-    result = run_in_one_slot(cache, handle)
-    assert result.summary.succeeded == 30
+    work = batches(3, rows=MAX_ROWS)
+    report, polls = run_engine(tmp_path, emu, clock, work, poll_interval=STEP, on_request=watch)
+    assert report.rows_collected == 3 * MAX_ROWS
     assert parts_at_create == [0, 0, 1]  # batch 1 is written after create 2 left, before create 3
     assert stored_parts(cache) == 3
-    assert_one_in_flight(routes)
+    assert_one_in_flight([route for _, route, _ in polls.seen])
 
 
 def test_halves_of_a_refused_batch_take_the_slot_in_turn(tmp_path: Path) -> None:

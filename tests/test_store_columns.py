@@ -121,6 +121,10 @@ def test_many_parts_are_merged_when_a_run_ends_and_a_rerun_reads_the_one(
     """More than COMPACT_AFTER batches leave one merged part; the rerun pays nothing and
     gives the same frame; old parts left by a crash mid-merge read as the same results."""
     df = topics(COMPACT_AFTER + 8)
+    # A run stores the few rows it collects as one part: COMPACT_AFTER - 1 runs of one row
+    # each, then the whole frame, whose end finds COMPACT_AFTER parts or more and merges them.
+    for row in range(COMPACT_AFTER - 1):
+        run_with(df.iloc[row : row + 1], RespellEmulator())
     first = run_with(df, RespellEmulator(), batch_size=1)
     scope_dir = next((tmp_path / "cache" / "results").iterdir())
     parts = list(scope_dir.glob("part-*.parquet"))
@@ -142,10 +146,12 @@ def test_many_parts_are_merged_when_a_run_ends_and_a_rerun_reads_the_one(
 
 
 def test_a_run_under_the_merge_threshold_keeps_its_parts(tmp_path: Path, run_with: Any) -> None:
-    result = run_with(topics(3), RespellEmulator(), batch_size=1)
+    df = topics(3)
+    for row in range(3):  # three runs, each storing one new row in a part
+        result = run_with(df.iloc[: row + 1], RespellEmulator(), batch_size=1)
     scope_dir = next((tmp_path / "cache" / "results").iterdir())
     assert len(list(scope_dir.glob("part-*.parquet"))) == 3
-    assert result.summary.succeeded == 3
+    assert (result.frame["bulk_status"] == "succeeded").all()
 
 
 def test_a_batch_stored_but_not_journaled_keeps_its_results(tmp_path: Path) -> None:

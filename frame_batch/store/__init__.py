@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -121,9 +121,20 @@ class Store:
 
     def write_results(self, scope: str, batch_id: str, results: list[RowResult]) -> None:
         """Persist a collected batch, then mark it collected (that order: see parts.py)."""
-        self.parts.write(scope, batch_id, results)
+        self.write_batches(scope, [(batch_id, results)])
+
+    def write_batches(self, scope: str, batches: Sequence[tuple[str, Sequence[RowResult]]]) -> None:
+        """Persist several collected batches as one part, then mark them all collected.
+
+        The part is named after the first batch, so after a crash between the two steps
+        ``open_batches`` closes that one and the others are polled again: their vendor keeps
+        their results (only such batches share a part, see ``_engine.PendingResults``), and
+        ``latest`` keeps one row per key of the results stored twice."""
+        if not batches:
+            return
+        self.parts.write_batches(scope, batches)
         self.parts_written += 1
-        self.journal.collected(batch_id)
+        self.journal.collected(*(batch_id for batch_id, _ in batches))
 
     def open_batches(self, scope: str) -> list[JournalBatch]:
         """The journal's open batches, after closing those whose results are stored already:

@@ -1,11 +1,14 @@
-"""Result part files: one Parquet file per collected batch, written atomically.
+"""Result part files: one Parquet file per stored group of collected batches, written atomically.
 
 Why parts and not one growing file: a ``ParquetWriter`` file has no footer until it is
 closed, so a crash makes the whole file unreadable (reliability notes §1.5). A part is
 written through ``_fs.atomic_write`` (a ``.``-prefixed temp name that dataset discovery
 skips, fsync, ``os.replace``, fsync of the directory): after a crash a part is either
-complete or absent. The part name is the batch id, so collecting a batch again
-(after a crash between writing and journaling) replaces the same file: no duplicates.
+complete or absent. A part holds one batch, or several collected together whose vendor keeps
+their results (``_pending``); each row has its own batch id. The part is named after its
+(first) batch, so collecting a lone batch again (after a crash between writing and
+journaling) replaces the same file; rows of a group collected again land in a new part, and
+readers keep the newest row per key (``Store.latest``).
 
 Layout: ``results/<scope>/part-<batch_id>.parquet`` with the columns of ``RESULT_SCHEMA`` and
 the outputs as columns (``columns.py``); ``part-merged-<uuid>.parquet`` after ``compact``.
@@ -18,8 +21,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from itertools import chain
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -63,10 +68,15 @@ class PartStore:
 
     def write(self, scope: str, batch_id: str, results: Sequence[RowResult]) -> Path:
         """Write one batch's results durably; return the part's path."""
-        table = _to_table(batch_id, results, self.files)
+        return self.write_batches(scope, [(batch_id, results)])
+
+    def write_batches(self, scope: str, batches: Sequence[tuple[str, Sequence[RowResult]]]) -> Path:
+        """Write the results of one or more batches durably as one part, named after the
+        first batch (each row keeps its own batch id); return the part's path."""
+        table = _to_table(batches, self.files)
         # Uncompressed: a batch's part lives until the run's end merges it (when there are
         # many); lz4 cost ~0.2 ms a 1,000-row part and halved a file that is soon deleted.
-        return self._publish(scope, part_name(batch_id), table, compression="none")
+        return self._publish(scope, part_name(batches[0][0]), table, compression="none")
 
     def read(self, scope: str, columns: Sequence[str] | None = None) -> pa.Table:
         """Every stored result of ``scope`` (one row per key and batch, in no set order).
@@ -166,8 +176,10 @@ def _read_file(path: Path, columns: Sequence[str] | None) -> pa.Table:
     return table
 
 
-def _to_table(batch_id: str, results: Sequence[RowResult], files: Path) -> pa.Table:
-    now, rows = time.time(), len(results)
+def _to_table(batches: Sequence[tuple[str, Sequence[RowResult]]], files: Path) -> pa.Table:
+    now = time.time()
+    results = batches[0][1] if len(batches) == 1 else list(chain.from_iterable(r for _, r in batches))
+    rows = len(results)
     # One transpose in C instead of a list comprehension per field.
     keys, statuses, outputs, errors, run_ids = zip(*results, strict=True) if rows else ((),) * 5
     base = {
@@ -175,7 +187,15 @@ def _to_table(batch_id: str, results: Sequence[RowResult], files: Path) -> pa.Ta
         "status": pa.array(statuses, pa.string()),
         "error": pa.array(errors, pa.string()),
         "run_id": pa.array(run_ids, pa.string()),
-        "batch_id": pa.repeat(pa.scalar(batch_id, pa.string()), rows),
+        "batch_id": _batch_ids(batches, rows),
         "finished_at": pa.repeat(pa.scalar(now, pa.float64()), rows),
     }
     return pa.table({**base, **output_columns(outputs, file_saver(files))})
+
+
+def _batch_ids(batches: Sequence[tuple[str, Sequence[RowResult]]], rows: int) -> pa.Array:
+    """Each row's batch id: the batches' ids, each repeated over its rows (no string per row)."""
+    if len(batches) == 1:
+        return pa.repeat(pa.scalar(batches[0][0], pa.string()), rows)
+    ids = pa.array([batch_id for batch_id, _ in batches], pa.string())
+    return ids.take(np.repeat(np.arange(len(batches)), [len(results) for _, results in batches]))
