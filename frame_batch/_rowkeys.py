@@ -161,9 +161,12 @@ def count_unique(keys: pa.Array, positions: pa.Array | None = None) -> int:
     the memory hashing a million key strings takes (~110 MB at 1M rows)."""
     if positions is None:
         return int(pc.count_distinct(keys, mode="only_valid").as_py())
-    found = pc.count_distinct(positions, mode="only_valid").as_py()
+    # Positions are small non-negative integers: counting them in a numpy bincount took
+    # 2.5 ms at 300k rows against 8-20 ms for Arrow's hash count (150 ms on its first call).
+    at = positions.drop_null().to_numpy()
+    found = int(np.count_nonzero(np.bincount(at))) if len(at) else 0
     rest = keys.filter(pc.and_(positions.is_null(), keys.is_valid()))
-    return int(found) + int(pc.count_distinct(rest, mode="only_valid").as_py())
+    return found + int(pc.count_distinct(rest, mode="only_valid").as_py())
 
 
 # -- checking keys are distinct, in bulk --------------------------------------------------
