@@ -289,7 +289,7 @@ def _efficiency_target(grid: Json, kind: str) -> Json:
     cell = next(c for c in grid["cells"] if c["batch_size"] == 100 and c["in_flight"] == 16)
     label = "no faults" if kind == "clean" else "5% 5xx + 5% 429"
     measured = (
-        f"{cell['efficiency']:.0%} ({cell['rows_per_s']:,.0f} of {cell['bound_rows_per_s']:,.0f} rows/s)"
+        f"{cell['efficiency']:.1%} ({cell['rows_per_s']:,.0f} of {cell['bound_rows_per_s']:,.0f} rows/s)"
     )
     return _target(
         f"efficiency >= 90% at B=100, C=16, L=200ms, {label}",
