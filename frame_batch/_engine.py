@@ -61,6 +61,10 @@ NOT_FOUND = "create answer lost; reconciled: nothing was created, rows sent agai
 # holding its slot: aim a little early, then poll at short intervals.
 AIM = 0.9  # first poll at this fraction of the expected time from create sent to batch done
 AFTER = 0.15  # then polls this fraction of it apart: the second comes just after the expected time
+# A batch still running at that second poll is due any moment: the next poll comes this
+# fraction of the expected time later, not a whole interval (at 200 ms batches and 20 ms
+# intervals, the B=100, C=16 cell gained ~1 point of efficiency for ~0.1 more polls a batch).
+NEAR = 0.02
 WEIGHT = 0.2  # of the newest batch in the expected time (EWMA): about the last 10 batches count
 DONE_EARLY = 0.75  # a batch done at its first poll counts as taking this fraction of the time to it
 # A batch seen running then done counts as having finished this far into that interval: the
@@ -117,9 +121,11 @@ class PollTimer:
     batch is first polled at ``AIM`` x the expected time from its create request leaving to
     the batch done (never sooner than ``first_poll`` after the answer; polls before then
     would find it running), then at intervals starting at ``AFTER`` x that time and doubling
-    up to ``poll_interval``. So ``poll_interval`` stays the longest wait between two polls
-    of a batch: one much slower than expected is still polled that often. One much faster is
-    noticed at its first poll, and pulls the expected time down for the next ones.
+    up to ``poll_interval``; one still running at its second poll is polled again ``NEAR`` x
+    that time later, as it should be done any moment. So ``poll_interval`` stays the longest
+    wait between two polls of a batch: one much slower than expected is still polled that
+    often. One much faster is noticed at its first poll, and pulls the expected time down for
+    the next ones.
     """
 
     def __init__(self, first_poll: float, poll_interval: float) -> None:
@@ -140,6 +146,11 @@ class PollTimer:
         if self.expected is None:
             return self.first_poll
         return min(self.poll_interval, AFTER * self.expected)
+
+    def overdue_interval(self, interval: float) -> float:
+        """The wait after the second poll also found the batch running: that poll came just
+        after the expected time, so the batch should be done any moment."""
+        return interval if self.expected is None else min(interval, NEAR * self.expected)
 
     def next_interval(self, interval: float) -> float:
         return min(max(interval * 2, 0.05), self.poll_interval)
@@ -500,6 +511,7 @@ class Engine:
         self._in_flight[ref.batch_id] = ref
         stored: set[str] = set()
         running_at: float | None = None
+        running = 0  # polls that found the batch running
         while True:
             if wait > 0:
                 await self._sleep(wait)
@@ -509,9 +521,12 @@ class Engine:
             if poll.done:
                 break
             running_at = sent  # it was still running when that poll left, at least
+            running += 1
             if poll.attention:
                 learn = False  # waiting on the user: how long it takes says nothing of the next ones
                 self._store_partial(ref, [r for r in poll.results if r.key not in stored], stored)
+            if running == 2 and since is not None:  # that poll came just after it was expected done
+                interval = timer.overdue_interval(interval)
             # Polls leave `interval` apart: the time the answer took counts.
             wait = max(sent + interval - (self._clock() - started), 0.0)
             interval = timer.next_interval(interval)

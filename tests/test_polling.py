@@ -23,7 +23,7 @@ from conftest import KEY, SPELL, stored_parts, topics
 
 import frame_batch
 from frame_batch import Respell, RetryPolicy
-from frame_batch._engine import Engine, EngineOptions, EngineReport, PollTimer, RunContext
+from frame_batch._engine import NEAR, Engine, EngineOptions, EngineReport, PollTimer, RunContext
 from frame_batch._http import ApiClient, _tls_context
 from frame_batch._keys import row_key, scope_of
 from frame_batch._pending import MAX_ROWS
@@ -165,6 +165,29 @@ def test_later_batches_are_polled_near_when_earlier_ones_finished(tmp_path: Path
     learned = counts[2:]
     assert all(1 <= n <= 3 for n in learned), counts
     assert sum(learned) / len(learned) <= 2.2, counts
+
+
+def test_a_batch_a_little_late_is_polled_again_soon_after_its_second_poll(tmp_path: Path) -> None:
+    """Six 1 s batches teach the timer; the seventh takes 1.1 s. Its second poll (just past
+    the expected time) finds it running: the third comes NEAR x 1 s later, not after a whole
+    poll interval, and the batch is collected well before the interval would have ended."""
+    clock = FakeClock()
+    emu = RespellEmulator(latency=1.0, clock=clock)
+    interval = 0.5
+
+    def work() -> Iterator[Batch]:
+        for i, batch in enumerate(batches(7)):
+            if i == 6:
+                emu.latency = 1.1  # read when the batch is created
+            yield batch
+
+    report, polls = run_engine(tmp_path, emu, clock, work(), poll_interval=interval)
+    assert report.rows_collected == 21
+    late = polls.per_batch()[-1]
+    created = max(moment for moment, route, _ in polls.seen if route == "bulkStart")
+    assert len(late) >= 3
+    assert late[2] - late[1] == pytest.approx(NEAR * (late[1] - created), rel=0.5)
+    assert late[-1] - created < 1.1 + 0.1  # found done within ~0.1 s (not 1.1 + 0.5)
 
 
 def test_a_batch_much_slower_than_expected_is_still_polled_every_poll_interval(tmp_path: Path) -> None:
