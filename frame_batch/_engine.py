@@ -302,6 +302,8 @@ class Engine:
         self._out += 1
         try:
             await work()
+            if self._out == 1:  # the last batch out (ended without storing, e.g. failed): store
+                self._store_pending()  # what waits now, not when the timer would
         finally:
             self._out -= 1
             self._unsent.discard(slot)  # it will send no create now, if it had not yet
