@@ -167,21 +167,21 @@ def test_later_batches_are_polled_near_when_earlier_ones_finished(tmp_path: Path
     assert sum(learned) / len(learned) <= 2.2, counts
 
 
+def seventh_takes(emu: RespellEmulator, seconds: float) -> Iterator[Batch]:
+    """Seven batches; the emulator's latency is ``seconds`` for the last (read at its create)."""
+    for i, batch in enumerate(batches(7)):
+        if i == 6:
+            emu.latency = seconds
+        yield batch
+
+
 def test_a_batch_a_little_late_is_polled_again_soon_after_its_second_poll(tmp_path: Path) -> None:
     """Six 1 s batches teach the timer; the seventh takes 1.1 s. Its second poll (just past
     the expected time) finds it running: the third comes NEAR x 1 s later, not after a whole
     poll interval, and the batch is collected well before the interval would have ended."""
     clock = FakeClock()
     emu = RespellEmulator(latency=1.0, clock=clock)
-    interval = 0.5
-
-    def work() -> Iterator[Batch]:
-        for i, batch in enumerate(batches(7)):
-            if i == 6:
-                emu.latency = 1.1  # read when the batch is created
-            yield batch
-
-    report, polls = run_engine(tmp_path, emu, clock, work(), poll_interval=interval)
+    report, polls = run_engine(tmp_path, emu, clock, seventh_takes(emu, 1.1), poll_interval=0.5)
     assert report.rows_collected == 21
     late = polls.per_batch()[-1]
     created = max(moment for moment, route, _ in polls.seen if route == "bulkStart")
@@ -196,14 +196,8 @@ def test_a_batch_much_slower_than_expected_is_still_polled_every_poll_interval(t
     clock = FakeClock()
     emu = RespellEmulator(latency=1.0, clock=clock)
     interval = 0.5
-
-    def work() -> Iterator[Batch]:
-        for i, batch in enumerate(batches(7)):
-            if i == 6:
-                emu.latency = 20.0  # read when the batch is created
-            yield batch
-
-    report, polls = run_engine(tmp_path, emu, clock, work(), poll_interval=interval, answer_time=0.1)
+    work = seventh_takes(emu, 20.0)
+    report, polls = run_engine(tmp_path, emu, clock, work, poll_interval=interval, answer_time=0.1)
     assert report.rows_collected == 21
     assert report.rows_failed == 0
     slow = polls.per_batch()[-1]
