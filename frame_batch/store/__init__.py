@@ -128,7 +128,7 @@ class Store:
 
         The part is named after the first batch, so after a crash between the two steps
         ``open_batches`` closes that one and the others are polled again: their vendor keeps
-        their results (only such batches share a part, see ``_engine.PendingResults``), and
+        their results (only such batches share a part, see ``frame_batch._pending``), and
         ``latest`` keeps one row per key of the results stored twice."""
         if not batches:
             return
