@@ -28,6 +28,16 @@ def topics(n: int) -> pd.DataFrame:
     return pd.DataFrame({"topic": [f"topic {i}" for i in range(n)], "n": list(range(n))})
 
 
+class HandClock:
+    """A clock the test moves by hand (``clock.now = ...``): no sleeping for latency."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def stored_parts(cache: Path) -> int:
     """How many result part files the cache holds (until a merge: one per lone batch stored,
     or per group of batches stored together, see ``frame_batch._pending``)."""

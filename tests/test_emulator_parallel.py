@@ -17,6 +17,7 @@ import httpx
 import orjson
 import parallel
 import pytest
+from conftest import HandClock
 from parallel.types import (
     RunInputParam,
     TaskGroup,
@@ -45,19 +46,9 @@ JSON_SPEC: dict[str, object] = {"output_schema": {"type": "json", "json_schema":
 SDK_SPEC: TaskSpecParam = {"output_schema": {"type": "json", "json_schema": JSON_SCHEMA}}
 
 
-class FakeClock:
-    """A clock the test moves by hand: no sleeping for latency."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> HandClock:
+    return HandClock()
 
 
 def client(emu: ParallelEmulator, headers: dict[str, str] | None = None) -> httpx.Client:
@@ -244,7 +235,7 @@ def test_runs_stream_resumes_after_last_event_id() -> None:
     assert [e["run"]["run_id"] for e in new_only] == second["run_ids"]
 
 
-def test_output_only_when_requested_and_completed(clock: FakeClock) -> None:
+def test_output_only_when_requested_and_completed(clock: HandClock) -> None:
     """include_output adds outputs to completed runs only; include_input echoes the TaskRunInput."""
     emu = ParallelEmulator(latency=1.0, clock=clock)
     with client(emu) as http:
@@ -262,7 +253,7 @@ def test_output_only_when_requested_and_completed(clock: FakeClock) -> None:
     assert full[0]["input"]["task_spec"] == JSON_SPEC  # the default spec the run used
 
 
-def test_status_counts_hold_only_present_statuses(clock: FakeClock) -> None:
+def test_status_counts_hold_only_present_statuses(clock: HandClock) -> None:
     """task_run_status_counts lists only statuses present; is_active tracks queued/running runs."""
     emu = ParallelEmulator(latency=1.0, clock=clock)
     with client(emu) as http:
@@ -284,7 +275,7 @@ def test_status_counts_hold_only_present_statuses(clock: FakeClock) -> None:
     ]
 
 
-def test_status_filter(clock: FakeClock) -> None:
+def test_status_filter(clock: HandClock) -> None:
     """status= keeps only the runs in that status."""
     emu = ParallelEmulator(latency=1.0, clock=clock)
     with client(emu) as http:
@@ -299,7 +290,7 @@ def test_status_filter(clock: FakeClock) -> None:
     assert bad.status_code == 422
 
 
-def test_events_stream_reports_settled_runs_and_resumes(clock: FakeClock) -> None:
+def test_events_stream_reports_settled_runs_and_resumes(clock: HandClock) -> None:
     """/events sends the group status, then one event per settled run, resumable by event_id."""
     emu = ParallelEmulator(latency=1.0, clock=clock)
     with client(emu) as http:
@@ -431,7 +422,7 @@ def test_json_output_basis_per_field() -> None:
 # -- run outcomes -------------------------------------------------------------------------------
 
 
-def test_out_of_order_completion_keeps_stream_order(clock: FakeClock) -> None:
+def test_out_of_order_completion_keeps_stream_order(clock: HandClock) -> None:
     """out_of_order changes the completion order; the runs stream stays in insertion order."""
     emu = ParallelEmulator(out_of_order=True, clock=clock)
     with client(emu) as http:
@@ -535,7 +526,7 @@ def test_action_required_is_neither_active_nor_done() -> None:
 # -- single runs --------------------------------------------------------------------------------
 
 
-def test_single_run_202_result_408_then_200(clock: FakeClock) -> None:
+def test_single_run_202_result_408_then_200(clock: HandClock) -> None:
     """POST /tasks/runs answers 202 queued; /result is 408 while active, then the result."""
     emu = ParallelEmulator(latency=2.0, clock=clock)
     with client(emu) as http:
@@ -702,7 +693,7 @@ def test_402_when_short_of_credits_then_top_up() -> None:
     assert sum(emu.charges().values()) == 3
 
 
-def test_rate_limit_429_with_retry_after(clock: FakeClock) -> None:
+def test_rate_limit_429_with_retry_after(clock: HandClock) -> None:
     """Creating POSTs beyond the per-key limit in 60 s answer 429 with retry-after; reads are free."""
     emu = ParallelEmulator(rate_limit_per_minute=2, clock=clock)
     with client(emu) as http, client(emu, {"x-api-key": "other"}) as other:
@@ -882,7 +873,7 @@ def expected_signature(secret: str, headers: dict[str, str], body: bytes) -> str
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
-def test_webhook_sent_once_when_the_run_settles(clock: FakeClock) -> None:
+def test_webhook_sent_once_when_the_run_settles(clock: HandClock) -> None:
     """A completed run with a webhook is POSTed once, signed with the secret."""
     recorder = Recorder()
     emu = ParallelEmulator(latency=1.0, clock=clock, webhook_secrets=["s3cret"], webhook_sender=recorder)
@@ -1008,7 +999,7 @@ def test_legacy_batch_create_status_and_exports_agree() -> None:
     assert emu.cost() == pytest.approx(0.015)
 
 
-def test_legacy_batch_follows_the_clock(clock: FakeClock) -> None:
+def test_legacy_batch_follows_the_clock(clock: HandClock) -> None:
     """v0 runs go queued -> running -> complete; only finished runs are exported."""
     emu = ParallelEmulator(latency=1.0, clock=clock)
     with client(emu) as http:
@@ -1062,7 +1053,7 @@ def test_legacy_callback_webhook_is_delivered() -> None:
     assert orjson.loads(payload)["data"]["run_id"] == run_ids[0]
 
 
-def test_legacy_batches_share_rate_limit_and_credits(clock: FakeClock) -> None:
+def test_legacy_batches_share_rate_limit_and_credits(clock: HandClock) -> None:
     """v0 batches count against the same rate limit and credits as v1 creates."""
     emu = ParallelEmulator(rate_limit_per_minute=1, credits=1.0, clock=clock)
     body = {"task_run_requests": [{"arguments": {"a": 1}}], "runner": "ultra"}

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
+from conftest import HandClock
 
 from frame_batch.testing import (
     DropConnection,
@@ -23,16 +24,6 @@ from frame_batch.testing import (
 
 KEY = "test-key"
 AUTH = {"authorization": f"Bearer {KEY}"}
-
-
-class FakeClock:
-    """A clock the test moves by hand: no sleeping for latency."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def client(emu: RespellEmulator, headers: dict[str, str] | None = None) -> httpx.Client:
@@ -64,8 +55,8 @@ def get_runs(http: httpx.Client, group_id: str, key: str = "groupId") -> list[di
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> HandClock:
+    return HandClock()
 
 
 # -- the contract -------------------------------------------------------------------------
@@ -110,7 +101,7 @@ def test_async_client_in_process() -> None:
     assert emu.create_requests == 1
 
 
-def test_latency_follows_the_clock(clock: FakeClock) -> None:
+def test_latency_follows_the_clock(clock: HandClock) -> None:
     """Runs stay running until created_at + latency, then finish."""
     emu = RespellEmulator(latency=10.0, clock=clock)
     with client(emu) as http:
@@ -124,7 +115,7 @@ def test_latency_follows_the_clock(clock: FakeClock) -> None:
     assert [r["state"] for r in done] == ["success", "success"]
 
 
-def test_jitter_stays_within_bounds(clock: FakeClock) -> None:
+def test_jitter_stays_within_bounds(clock: HandClock) -> None:
     """Each run finishes between latency and latency + jitter, not all at once."""
     emu = RespellEmulator(latency=1.0, jitter=1.0, clock=clock)
     with client(emu) as http:
@@ -194,7 +185,7 @@ def test_out_of_order_reorders_but_keeps_index() -> None:
     assert all(r["inputs"] == {"search_topic": f"topic {r['index']}"} for r in runs)
 
 
-def test_cancel_stops_unfinished_runs_and_keeps_charges(clock: FakeClock) -> None:
+def test_cancel_stops_unfinished_runs_and_keeps_charges(clock: HandClock) -> None:
     """cancelBulk cancels running runs only; finished ones keep their result."""
     emu = RespellEmulator(jitter=10.0, clock=clock)
     with client(emu) as http:
@@ -241,7 +232,7 @@ def test_single_start_wait_and_no_wait() -> None:
 class SleepRecorder:
     """An injected ``sleep``: records each wait, what was charged by then, and moves the clock."""
 
-    def __init__(self, emu_clock: FakeClock) -> None:
+    def __init__(self, emu_clock: HandClock) -> None:
         self.clock = emu_clock
         self.waits: list[float] = []
         self.charged_before: list[int] = []
@@ -254,7 +245,7 @@ class SleepRecorder:
         self.clock.now += seconds
 
 
-def test_single_start_waits_out_latency_before_answering(clock: FakeClock) -> None:
+def test_single_start_waits_out_latency_before_answering(clock: HandClock) -> None:
     """wait mode answers only after sleeping latency (+ jitter), charged first; no-wait answers at once."""
     sleep = SleepRecorder(clock)
     emu = RespellEmulator(latency=2.0, jitter=1.0, clock=clock, sleep=sleep)
@@ -272,7 +263,7 @@ def test_single_start_waits_out_latency_before_answering(clock: FakeClock) -> No
     assert sleep.charged_before == [2]  # the input was charged before the wait began
 
 
-def test_single_start_with_zero_latency_never_sleeps(clock: FakeClock) -> None:
+def test_single_start_with_zero_latency_never_sleeps(clock: HandClock) -> None:
     """latency 0 (the default) answers a wait-mode run without calling sleep at all."""
     sleep = SleepRecorder(clock)
     emu = RespellEmulator(clock=clock, sleep=sleep)

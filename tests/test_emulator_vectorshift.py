@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from conftest import HandClock
 
 from frame_batch.testing import DropConnection, Faults, VectorShiftEmulator
 from frame_batch.testing.vectorshift import default_pipeline, file_value
@@ -28,19 +29,9 @@ SEED_OPENAPI = Path(__file__).with_name("data") / "vectorshift-pipeline-bulk-run
 HEX_ID = re.compile(r"[0-9a-f]{24}")
 
 
-class FakeClock:
-    """A clock the test moves by hand: no sleeping for latency."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock() -> HandClock:
+    return HandClock()
 
 
 @pytest.fixture
@@ -670,7 +661,7 @@ def test_retry_after_on_injected_429() -> None:
     assert response.headers["retry-after"] == "2.5"
 
 
-def test_rate_limit_per_minute_is_429_until_the_window_moves(clock: FakeClock) -> None:
+def test_rate_limit_per_minute_is_429_until_the_window_moves(clock: HandClock) -> None:
     """rate_limit_per_minute counts run-starting POSTs per key in a 60 s window."""
     emu = VectorShiftEmulator(rate_limit_per_minute=2, clock=clock)
     with client(emu) as http:
@@ -687,7 +678,7 @@ def test_rate_limit_per_minute_is_429_until_the_window_moves(clock: FakeClock) -
 # -- background runs --------------------------------------------------------------------------
 
 
-def test_background_run_lifecycle_with_result_lag(clock: FakeClock) -> None:
+def test_background_run_lifecycle_with_result_lag(clock: HandClock) -> None:
     """in_progress until latency, then completed without result until result_lag has passed."""
     emu = VectorShiftEmulator(latency=5.0, result_lag=3.0, clock=clock)
     with client(emu) as http:
@@ -704,7 +695,7 @@ def test_background_run_lifecycle_with_result_lag(clock: FakeClock) -> None:
     assert emu.create_requests == 1
 
 
-def test_lagging_result_empty_and_guide_vocabulary(clock: FakeClock) -> None:
+def test_lagging_result_empty_and_guide_vocabulary(clock: HandClock) -> None:
     """status_names="guide" says running/succeeded; lagging_result="empty" sends result {}."""
     emu = VectorShiftEmulator(
         latency=1.0, result_lag=1.0, status_names="guide", lagging_result="empty", clock=clock
@@ -722,7 +713,7 @@ def test_lagging_result_empty_and_guide_vocabulary(clock: FakeClock) -> None:
     assert seen[2]["result"]["output"] == "Processed: g"
 
 
-def test_background_failure_reports_the_error(clock: FakeClock) -> None:
+def test_background_failure_reports_the_error(clock: HandClock) -> None:
     """A failed background run settles as failed with the pipeline's message."""
     emu = VectorShiftEmulator(pipelines={PIPE: failing_on("x")}, latency=1.0, clock=clock)
     with client(emu) as http:
@@ -732,7 +723,7 @@ def test_background_failure_reports_the_error(clock: FakeClock) -> None:
     assert body == {"task_id": task_id, "status": "failed", "error": "cannot answer x"}
 
 
-def test_jitter_spreads_background_finishes(clock: FakeClock) -> None:
+def test_jitter_spreads_background_finishes(clock: HandClock) -> None:
     """Each run finishes between latency and latency + jitter, not all at once."""
     emu = VectorShiftEmulator(latency=1.0, jitter=1.0, clock=clock)
     with client(emu) as http:
@@ -744,7 +735,7 @@ def test_jitter_spreads_background_finishes(clock: FakeClock) -> None:
     assert states == [{"in_progress"}, {"in_progress", "completed"}, {"completed"}]
 
 
-def test_terminate_cancels_a_running_run_and_keeps_its_charge(clock: FakeClock) -> None:
+def test_terminate_cancels_a_running_run_and_keeps_its_charge(clock: HandClock) -> None:
     """terminate: success while in progress (then cancelled), failed once no longer running."""
     emu = VectorShiftEmulator(latency=10.0, clock=clock)
     with client(emu) as http:

@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pandas as pd
 import pytest
-from conftest import KEY, SPELL, topics
+from conftest import KEY, SPELL, HandClock, topics
 
 import frame_batch
 from frame_batch import Respell, RetryPolicy
@@ -30,16 +30,6 @@ def canonical(row: dict[str, Any]) -> str:
 def charges_by_row(emu: RespellEmulator, df: pd.DataFrame) -> list[int]:
     charges = emu.charges()
     return [charges[canonical(row)] for row in df.to_dict("records")]
-
-
-class Clock:
-    """A hand-moved clock for the emulator: runs finish when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # -- 1. every row ends in exactly one state --------------------------------------------
@@ -62,7 +52,7 @@ def test_every_row_ends_in_exactly_one_known_state(run_with: Runner) -> None:
 
 def test_rows_unfinished_at_the_deadline_are_pending_and_resumable(run_with: Runner) -> None:
     """A deadline leaves rows 'pending' (not lost, not failed) and a rerun finishes them."""
-    clock = Clock()
+    clock = HandClock()
     emu = RespellEmulator(latency=100.0, clock=clock)
     df = topics(12)
     first = run_with(df, emu, timeout=0.3, batch_size=5)
@@ -106,7 +96,7 @@ def test_retry_failed_resends_only_failed_rows(run_with: Runner) -> None:
 # -- 3. a restart polls; ambiguous creates are reconciled or reported -------------------
 def test_restart_polls_submitted_batches_instead_of_resubmitting(tmp_path: Path, run_with: Runner) -> None:
     """Batches recorded as submitted are polled by the next run, with zero new creates."""
-    clock = Clock()
+    clock = HandClock()
     emu = RespellEmulator(latency=50.0, clock=clock)
     df = topics(9)
     run_with(df, emu, timeout=0.2, batch_size=3)

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from conftest import KEY, SPELL, stored_parts, topics
+from conftest import KEY, SPELL, HandClock, stored_parts, topics
 
 import frame_batch
 from frame_batch import Respell, RetryPolicy, errors
@@ -28,17 +28,9 @@ def part_tables(cache: Path) -> list[Any]:
     return [pq.read_table(p) for p in sorted((cache / "results").rglob("part-*.parquet"))]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 # -- PendingResults on its own ----------------------------------------------------------------
 def test_waiting_batches_become_one_part_with_each_rows_batch_id(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = HandClock()
     store = Store(tmp_path / "cache")
     for batch_id in ("b1", "b2", "b3"):
         store.journal.begin(
@@ -63,7 +55,7 @@ def test_waiting_batches_become_one_part_with_each_rows_batch_id(tmp_path: Path)
 
 
 def test_batches_are_due_by_rows_or_by_the_age_of_the_oldest(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = HandClock()
     store = Store(tmp_path / "cache")
     pending = PendingResults(store, "s", clock, max_rows=4, max_age=1.0)
     assert not pending.due()
