@@ -11,7 +11,8 @@ Polls: ``poll_interval=0.02`` (L / 10), the longest wait between two polls of a 
 engine learns how long batches take (``PollTimer`` in ``frame_batch/_engine.py``): the first
 batches are polled every 20 ms, later ones first at ~0.9 x the learned create-to-done time and
 then every 20 ms, about 2 polls per batch (``polls_per_batch``) instead of ~L / poll_interval.
-A read that fails is first retried within ``poll_interval`` (a Retry-After is waited out).
+A read that fails is retried within ``poll_interval``, then within 4x that, and so on
+(``RetryPolicy.backoff``); a Retry-After is waited out.
 The grid runs twice: clean (20 rounds), and with 5% 5xx + 5% 429 injected on every request
 kind (10 rounds, at least 30 batches per cell; ``Faults(rate_5xx=0.05, rate_429=0.05,
 on="all")``, the 429s saying ``Retry-After: 1``, the emulator's default).

@@ -174,8 +174,9 @@ class ApiClient:
         self.budget = RetryBudget(self.policy.budget)
         self.create_requests = 0  # creates the server saw or may have seen (429 refusals excluded)
         self.retries = 0
-        # The longest first retry wait of a read (Retry-After aside); the engine sets it to its
-        # poll interval: a failed poll is retried no later than the next poll would have come.
+        # Where a read's retry schedule starts (Retry-After aside, see RetryPolicy.backoff); the
+        # engine sets it to its poll interval: a failed poll is retried no later than the next
+        # poll would have come, and a second failure soon after too.
         self.first_read_retry = first_read_retry
         self._secrets = tuple(secrets)
         self._sleep = sleep

@@ -3,9 +3,11 @@
 Rules (reliability notes §1.3):
 - Reads (status, results) are idempotent: retried on connection errors, timeouts, 408, 429
   and 5xx, with full-jitter exponential backoff, honouring ``Retry-After`` (seconds or an HTTP
-  date) up to ``max_retry_after``. The first retry of a read may be capped shorter (``first``:
-  the run's poll interval), so a failed poll is retried no later than the next poll would
-  have come; ``Retry-After`` still wins.
+  date) up to ``max_retry_after``. A read's schedule may start shorter (``first``: the run's
+  poll interval): its first retry comes no later than the next poll would have, and the
+  ceiling grows ``READ_GROWTH`` times a retry until it meets the standard schedule. So a
+  failed poll or two cost about a poll interval, not a second or more, while the retries
+  still span about a minute of outage; ``Retry-After`` still wins.
 - Creates are retried only when the request certainly never reached the server: a connect
   error or pool timeout, or an explicit 429 refusal. Anything else after sending (a reset, a
   read timeout, a 5xx) is *ambiguous*: the caller reconciles instead of blindly resending.
@@ -26,6 +28,10 @@ import httpx
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
+# Growth of a read's short schedule. 4x, not 2x: from a 20 ms poll interval, the 7 retries of
+# the default policy still span ~53 s (2x would give up after ~2.5 s of outage).
+READ_GROWTH = 4.0
+
 # Failures where the request bytes never left this machine: safe to resend anything.
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
@@ -45,11 +51,11 @@ class RetryPolicy:
         return cls(initial=0.0, maximum=0.0, max_retry_after=0.0)
 
     def backoff(self, attempt: int, rng: random.Random, *, first: float | None = None) -> float:
-        """Full jitter: uniform(0, min(maximum, initial * 2**attempt)), the first step at most
-        ``first`` when given (later steps keep the schedule, so a long outage is still ridden out)."""
+        """Full jitter: uniform(0, min(maximum, initial * 2**attempt)); with ``first``, at most
+        ``first * READ_GROWTH**attempt`` (the short schedule of a read, see the module rules)."""
         ceiling = min(self.maximum, self.initial * (2.0**attempt))
-        if attempt == 0 and first is not None:
-            ceiling = min(ceiling, max(first, 0.0))
+        if first is not None:
+            ceiling = min(ceiling, max(first, 0.0) * READ_GROWTH**attempt)
         return rng.uniform(0.0, ceiling)
 
     def wait_for(

@@ -440,17 +440,25 @@ def test_after_an_early_first_poll_the_next_comes_soon_not_first_poll_later(tmp_
     assert all(0.0 <= lag <= 0.2 for lag in late), late
 
 
-def test_read_backoff_first_step_is_capped_and_later_steps_keep_the_schedule() -> None:
+def test_a_reads_backoff_starts_at_the_poll_interval_and_grows_into_the_schedule() -> None:
+    """first = 0.02 s: ceilings 0.02, 0.08, 0.32 ... until the standard schedule is lower."""
     rng = random.Random(3)
     policy = RetryPolicy(initial=0.5, maximum=30.0, max_retry_after=120.0)
-    firsts = [policy.wait_for(0, None, rng, first=0.02) for _ in range(200)]
-    assert max(firsts) <= 0.02
-    seconds = [policy.wait_for(1, None, rng, first=0.02) for _ in range(200)]
-    assert max(seconds) > 0.5  # attempt 1 still draws from up to initial * 2
-    assert max(seconds) <= 1.0
-    uncapped = [policy.wait_for(0, None, rng) for _ in range(200)]
+
+    def draws(attempt: int, first: float | None = 0.02) -> list[float]:
+        return [policy.wait_for(attempt, None, rng, first=first) for _ in range(300)]
+
+    for attempt, ceiling in enumerate([0.02, 0.08, 0.32, 1.28, 5.12, 16.0, 30.0]):
+        waits = draws(attempt)
+        assert max(waits) <= ceiling, attempt
+        assert max(waits) > 0.8 * ceiling, attempt  # it draws from the whole range up to it
+    # The whole schedule still rides out about a minute of outage.
+    assert sum(min(0.5 * 2**n, 0.02 * 4**n, 30.0) for n in range(policy.attempts - 1)) > 50
+    # A long poll interval (the vendors' defaults are seconds) leaves the schedule unchanged.
+    assert 0.5 < max(draws(1, first=5.0)) <= 1.0
+    uncapped = draws(0, first=None)
     assert max(uncapped) > 0.1  # creates, and clients without a poll interval: unchanged
-    assert policy.wait_for(0, 1.5, rng, first=0.02) == 1.5  # Retry-After wins over the cap
+    assert policy.wait_for(1, 1.5, rng, first=0.02) == 1.5  # Retry-After wins over the cap
 
 
 def test_the_tls_context_is_built_once_per_thread_and_ca_setting(monkeypatch: pytest.MonkeyPatch) -> None:
