@@ -60,3 +60,24 @@ def test_each_comparison_runs_both_clients_on_the_same_rows(pair: str) -> None:
     lines = answer["lines"]
     assert [line["succeeded"] for line in lines] == [rows] * len(lines)
     assert {line["frame_batch"] for line in lines} == {True, False}  # the alternative and us
+
+
+def test_each_alternative_is_judged_against_frame_batch_at_its_own_concurrency() -> None:
+    """An SDK at C=4 is not compared with frame_batch at C=1, nor the other way round."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._report import _compare_target
+
+    def line(client: str, in_flight: int, rate: float, ours: bool) -> dict[str, Any]:
+        return {"client": client, "in_flight": in_flight, "rows_per_s": rate, "frame_batch": ours}
+
+    lines = [
+        line("sdk loop", 1, 49.0, False),
+        line("frame_batch.run, matched C=1", 1, 50.0, True),
+        line("sdk async", 4, 197.0, False),
+        line("frame_batch.run, default C=4", 4, 192.0, True),
+    ]
+    target = _compare_target({"pair": "p", "lines": lines})
+    assert target["measured"] == "1.02x at C=1; 0.97x at C=4 (rows/s)"
+    assert target["passed"] is False
+    faster = _compare_target({"pair": "p", "lines": [*lines[:3], line("frame_batch, C=4", 4, 200.0, True)]})
+    assert faster["passed"] is True
