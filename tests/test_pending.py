@@ -7,6 +7,7 @@ and every batch of a part is journaled collected.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from frame_batch import Respell, RetryPolicy, errors
 from frame_batch._pending import MAX_AGE, PendingResults
 from frame_batch._types import RowResult
 from frame_batch.store import Store
+from frame_batch.store.parts import COMPACT_AFTER
 from frame_batch.testing import RespellEmulator
 
 
@@ -157,3 +159,50 @@ def test_collected_batches_are_stored_when_the_run_fails(tmp_path: Path) -> None
     assert again.summary.succeeded == 12
     assert again.summary.cached == len(read_done)
     assert emu.duplicates() == {}
+
+
+# -- a crash between a shared part and its journal commit -------------------------------------
+def test_every_batch_of_a_part_is_closed_from_its_rows_not_only_the_one_it_is_named_after(
+    tmp_path: Path,
+) -> None:
+    """A part written for b1 and b2 whose commit never came: both are closed from it. The
+    partial parts of a batch still out leave it open, before and after a merge of them."""
+    store = Store(tmp_path / "cache")
+    for batch_id in ("b1", "b2", "b3", "b4"):
+        store.journal.begin(
+            batch_id, (f"{batch_id}-k",), scope="s", provider="p", workflow="w", fingerprint="f"
+        )
+        store.journal.submitted(batch_id, f"remote-{batch_id}")
+    store.parts.write_batches(
+        "s", [("b1", [RowResult("b1-k", "succeeded")]), ("b2", [RowResult("b2-k", "succeeded")])]
+    )
+    store.write_partial("s", "b3", 0, [RowResult("b3-k", "succeeded")])
+    assert [b.batch_id for b in store.open_batches("s")] == ["b3", "b4"]
+    assert store.journal.counts() == {"collected": 2, "submitted": 2}
+    for n in range(COMPACT_AFTER):
+        store.write_partial("s", "b4", n, [RowResult(f"b4-k{n}", "succeeded")])
+    assert store.compact("s") is not None  # b3's and b4's rows are now in a merged part
+    assert [b.batch_id for b in store.open_batches("s")] == ["b3", "b4"]
+    store.close()
+
+
+def test_a_rerun_after_that_crash_polls_none_of_the_parts_batches_again(
+    tmp_path: Path, run_with: Any
+) -> None:
+    """Every batch of the run reopened as a crash before the journal commits leaves them: the
+    rerun finds all of them in the parts and sends no request for them."""
+    emu = RespellEmulator(latency=0.02)
+    first = run_with(topics(24), emu, batch_size=3, max_in_flight=4)
+    assert any(len(set(t["batch_id"].to_pylist())) > 1 for t in part_tables(tmp_path / "cache"))
+    with sqlite3.connect(tmp_path / "cache" / "journal.sqlite3") as db:
+        db.execute("UPDATE batches SET state = 'submitted' WHERE state = 'collected'")
+    routes: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        routes.append(request.url.path.rsplit("/", 1)[-1])
+        return emu.handler(request)
+
+    again = run_through(handle, tmp_path / "cache", 24, batch_size=3)
+    assert routes == []
+    assert again.summary.cached == 24
+    assert again.frame["bulk_status"].tolist() == first.frame["bulk_status"].tolist()

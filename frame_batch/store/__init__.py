@@ -126,10 +126,8 @@ class Store:
     def write_batches(self, scope: str, batches: Sequence[tuple[str, Sequence[RowResult]]]) -> None:
         """Persist several collected batches as one part, then mark them all collected.
 
-        The part is named after the first batch, so after a crash between the two steps
-        ``open_batches`` closes that one and the others are polled again: their vendor keeps
-        their results (only such batches share a part, see ``frame_batch._pending``), and
-        ``latest`` keeps one row per key of the results stored twice."""
+        After a crash between the two steps ``open_batches`` closes every batch of the part
+        from its rows (it is named after the first only)."""
         if not batches:
             return
         self.parts.write_batches(scope, batches)
@@ -142,10 +140,15 @@ class Store:
         (parts are atomic) and the batch open. Polling it again would be wasted, and for a
         vendor whose answer came with the create (nothing to poll) it would store the
         paid-for rows as lost over their results."""
+        batches = self.journal.open_batches(scope)
         stored = {p.name for p in self.parts.parts(scope)}
+        unnamed = any(part_name(batch.batch_id) not in stored for batch in batches)
+        # Read the parts' batch ids only when some open batch has no part of its own name:
+        # after a crash, or a run that stopped with batches out; never on a finished run.
+        shared = self.parts.whole_batches(scope) if unnamed else set()
         still_open = []
-        for batch in self.journal.open_batches(scope):
-            if part_name(batch.batch_id) in stored:
+        for batch in batches:
+            if part_name(batch.batch_id) in stored or batch.batch_id in shared:
                 self.journal.collected(batch.batch_id)
             else:
                 still_open.append(batch)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .._files import file_saver
@@ -97,6 +98,22 @@ class PartStore:
     def parts(self, scope: str) -> list[Path]:
         folder = self.root / scope
         return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+
+    def whole_batches(self, scope: str) -> set[str]:
+        """The ids of the batches whose results are in a part written whole (``write_batches``),
+        read from the parts' rows: a part shared by several batches is named after the first
+        only. Merged parts are not read (a merge comes at the end of a run, after every part's
+        journal commit: their batches are closed already, and the column is every stored row),
+        nor partial ones (``{batch}.{n}``, their rows' batch id too: never a whole batch)."""
+        ids: set[str] = set()
+        for path in self.parts(scope):
+            stem = path.name.removeprefix("part-").removesuffix(".parquet")
+            if path.name.startswith(MERGED) or "." in stem:
+                continue
+            table = self._read_one(path, ["batch_id"])
+            if "batch_id" in table.column_names:
+                ids.update(pc.unique(table["batch_id"]).to_pylist())
+        return ids
 
     def compact(self, scope: str, latest: Callable[[pa.Table], pa.Table]) -> pa.Table | None:
         """Merge the scope's parts into one (``latest`` picks the rows to keep), when there are
