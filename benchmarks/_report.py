@@ -50,7 +50,7 @@ def targets(results: Json) -> list[Json]:
     if "overhead" in results:
         found.append(_cpu_target(results["overhead"]))
     if "throughput" in results:
-        found.extend(_efficiency_target(results["throughput"][kind], kind) for kind in ("clean", "faults"))
+        found.extend(_efficiency_target(results["throughput"], kind) for kind in ("clean", "faults"))
     if "memory" in results:
         found.append(_rss_target(results["memory"]))
     if "resume" in results:
@@ -144,6 +144,16 @@ def _throughput(data: Json) -> str:
             f"poll_interval={grid['poll_interval_s']} s, {title}"
         )
         parts.append(head + "\n" + table(_CELL_HEADERS, [_cell_row(c) for c in grid["cells"]]))
+    if "target_repeats" in data:
+        rows = [
+            [kind, *_cell_row(c)]
+            for kind in ("clean", "faults")
+            for c in [_target_cell(data[kind]), *data["target_repeats"][kind]]
+        ]
+        parts.append(
+            "The target cell, B=100, C=16: the grid's run and its repeats (the target reads the median)\n"
+            + table(["faults", *_CELL_HEADERS], rows)
+        )
     if "poll_sweep" in data:
         rows = [[f"{c['poll_interval_s'] * 1000:g} ms", *_cell_row(c)] for c in data["poll_sweep"]["cells"]]
         parts.append(
@@ -285,17 +295,27 @@ def _cpu_target(data: list[Json]) -> Json:
     )
 
 
-def _efficiency_target(grid: Json, kind: str) -> Json:
-    cell = next(c for c in grid["cells"] if c["batch_size"] == 100 and c["in_flight"] == 16)
+def _efficiency_target(data: Json, kind: str) -> Json:
+    """The B=100, C=16 cell of the ``kind`` grid; with the full run's repeats of it, their median."""
+    runs = [_target_cell(data[kind]), *data.get("target_repeats", {}).get(kind, [])]
+    runs.sort(key=lambda c: c["efficiency"])
+    cell = runs[len(runs) // 2]  # the median (an odd count: the grid's run and two repeats)
     label = "no faults" if kind == "clean" else "5% 5xx + 5% 429"
     measured = (
         f"{cell['efficiency']:.1%} ({cell['rows_per_s']:,.0f} of {cell['bound_rows_per_s']:,.0f} rows/s)"
     )
+    if len(runs) > 1:
+        measured += f", median of {len(runs)} runs: {runs[0]['efficiency']:.1%}-{runs[-1]['efficiency']:.1%}"
     return _target(
         f"efficiency >= 90% at B=100, C=16, L=200ms, {label}",
         measured,
         cell["efficiency"] >= EFFICIENCY_TARGET,
     )
+
+
+def _target_cell(grid: Json) -> Json:
+    cell: Json = next(c for c in grid["cells"] if c["batch_size"] == 100 and c["in_flight"] == 16)
+    return cell
 
 
 def _rss_target(data: list[Json]) -> Json:

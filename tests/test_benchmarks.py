@@ -53,6 +53,15 @@ def test_a_throughput_cell_counts_its_requests(faults: dict[str, Any] | None) ->
     assert cell["efficiency"] > 0
 
 
+def test_the_target_cell_repeats_clean_and_with_faults() -> None:
+    repeats = worker("benchmarks.throughput:target_repeats", runs=1, rounds=3, fault_rounds=3)
+    for kind in ("clean", "faults"):
+        (cell,) = repeats[kind]
+        assert (cell["batch_size"], cell["in_flight"]) == (100, 16)
+        assert cell["succeeded"] == cell["rows"] == 4800
+    assert any(name.startswith("fault:") for name in repeats["faults"][0]["requests"])
+
+
 @pytest.mark.parametrize("pair", ["apply_pair", "parallel_pair", "vectorshift_pair"])
 def test_each_comparison_runs_both_clients_on_the_same_rows(pair: str) -> None:
     rows = 4 if pair == "apply_pair" else 20
@@ -81,3 +90,28 @@ def test_each_alternative_is_judged_against_frame_batch_at_its_own_concurrency()
     assert target["passed"] is False
     faster = _compare_target({"pair": "p", "lines": [*lines[:3], line("frame_batch, C=4", 4, 200.0, True)]})
     assert faster["passed"] is True
+
+
+def test_the_efficiency_target_reads_the_median_of_the_target_cells_runs() -> None:
+    """The grid's run of B=100, C=16 and its repeats: the median decides, the range is shown."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks._report import _efficiency_target
+
+    def cell(efficiency: float, batch_size: int = 100) -> dict[str, Any]:
+        return {
+            "batch_size": batch_size,
+            "in_flight": 16,
+            "efficiency": efficiency,
+            "rows_per_s": efficiency * 8000,
+            "bound_rows_per_s": 8000.0,
+        }
+
+    grid = {"cells": [cell(0.99, batch_size=10), cell(0.95)]}
+    alone = _efficiency_target({"clean": grid}, "clean")
+    assert alone["measured"] == "95.0% (7,600 of 8,000 rows/s)"
+    data = {"clean": grid, "target_repeats": {"clean": [cell(0.88), cell(0.91)]}}
+    target = _efficiency_target(data, "clean")
+    assert target["measured"] == "91.0% (7,280 of 8,000 rows/s), median of 3 runs: 88.0%-95.0%"
+    assert target["passed"] is True
+    data["target_repeats"]["clean"][1] = cell(0.89)
+    assert _efficiency_target(data, "clean")["passed"] is False
