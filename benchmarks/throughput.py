@@ -81,13 +81,18 @@ def suite(quick: bool) -> Json:
 def grid(rounds: int, in_flight: list[int], faults: Json | None, min_batches: int = 0) -> Json:
     """Every (B, C) cell, in this process, each against a fresh emulator; with faults, at
     least ``min_batches`` batches per cell (fault delays vary a lot from batch to batch)."""
-    cells = [cell(b, c, max(rounds, -(-min_batches // c)), faults) for b in BATCH_SIZES for c in in_flight]
+    cells = [cell(b, c, _rounds(rounds, min_batches, c), faults) for b in BATCH_SIZES for c in in_flight]
     return {"latency_s": LATENCY, "poll_interval_s": POLL_INTERVAL, "faults": faults, "cells": cells}
+
+
+def _rounds(rounds: int, min_batches: int, in_flight: int) -> int:
+    """``rounds``, or more for at least ``min_batches`` batches at ``in_flight`` at a time."""
+    return max(rounds, -(-min_batches // in_flight))
 
 
 def target_repeats(runs: int, rounds: int = CLEAN_ROUNDS, fault_rounds: int = FAULT_ROUNDS) -> Json:
     """The target cell (B=100, C=16) ``runs`` more times, clean and with faults, as the grids run it."""
-    fault_rounds = max(fault_rounds, -(-MIN_FAULT_BATCHES // 16))
+    fault_rounds = _rounds(fault_rounds, MIN_FAULT_BATCHES, 16)
     return {
         "clean": [cell(100, 16, rounds, None) for _ in range(runs)],
         "faults": [cell(100, 16, fault_rounds, FAULTS) for _ in range(runs)],

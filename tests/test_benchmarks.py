@@ -8,6 +8,7 @@ there, and that a no-op resume sends nothing.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -71,10 +72,16 @@ def test_each_comparison_runs_both_clients_on_the_same_rows(pair: str) -> None:
     assert {line["frame_batch"] for line in lines} == {True, False}  # the alternative and us
 
 
-def test_each_alternative_is_judged_against_frame_batch_at_its_own_concurrency() -> None:
+@pytest.fixture
+def report(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``benchmarks._report``, from this checkout (the harness is not an installed package)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    return importlib.import_module("benchmarks._report")
+
+
+def test_each_alternative_is_judged_against_frame_batch_at_its_own_concurrency(report: Any) -> None:
     """An SDK at C=4 is not compared with frame_batch at C=1, nor the other way round."""
-    sys.path.insert(0, str(ROOT))
-    from benchmarks._report import _compare_target
+    _compare_target = report._compare_target
 
     def line(client: str, in_flight: int, rate: float, ours: bool) -> dict[str, Any]:
         return {"client": client, "in_flight": in_flight, "rows_per_s": rate, "frame_batch": ours}
@@ -92,10 +99,9 @@ def test_each_alternative_is_judged_against_frame_batch_at_its_own_concurrency()
     assert faster["passed"] is True
 
 
-def test_the_efficiency_target_reads_the_median_of_the_target_cells_runs() -> None:
+def test_the_efficiency_target_reads_the_median_of_the_target_cells_runs(report: Any) -> None:
     """The grid's run of B=100, C=16 and its repeats: the median decides, the range is shown."""
-    sys.path.insert(0, str(ROOT))
-    from benchmarks._report import _efficiency_target
+    _efficiency_target = report._efficiency_target
 
     def cell(efficiency: float, batch_size: int = 100) -> dict[str, Any]:
         return {

@@ -146,13 +146,10 @@ class Store:
         # Read the parts' batch ids only when some open batch has no part of its own name:
         # after a crash, or a run that stopped with batches out; never on a finished run.
         shared = self.parts.whole_batches(scope) if unnamed else set()
-        still_open = []
-        for batch in batches:
-            if part_name(batch.batch_id) in stored or batch.batch_id in shared:
-                self.journal.collected(batch.batch_id)
-            else:
-                still_open.append(batch)
-        return still_open
+        closed = {b.batch_id for b in batches if part_name(b.batch_id) in stored or b.batch_id in shared}
+        if closed:
+            self.journal.collected(*closed)  # one transaction
+        return [b for b in batches if b.batch_id not in closed]
 
     def write_partial(self, scope: str, batch_id: str, part: int, results: list[RowResult]) -> None:
         """Persist some rows of a batch that is still open (it stays ``submitted``)."""

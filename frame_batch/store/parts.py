@@ -6,9 +6,8 @@ written through ``_fs.atomic_write`` (a ``.``-prefixed temp name that dataset di
 skips, fsync, ``os.replace``, fsync of the directory): after a crash a part is either
 complete or absent. A part holds one batch, or several collected together whose vendor keeps
 their results (``_pending``); each row has its own batch id. The part is named after its
-(first) batch, so collecting a lone batch again (after a crash between writing and
-journaling) replaces the same file; rows of a group collected again land in a new part, and
-readers keep the newest row per key (``Store.latest``).
+(first) batch; after a crash between writing and journaling, every batch in it is closed
+from its rows (``Store.open_batches``, ``whole_batches``), none collected again.
 
 Layout: ``results/<scope>/part-<batch_id>.parquet`` with the columns of ``RESULT_SCHEMA`` and
 the outputs as columns (``columns.py``); ``part-merged-<uuid>.parquet`` after ``compact``.
