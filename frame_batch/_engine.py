@@ -5,6 +5,11 @@ Rules this module keeps (DESIGN §4):
   remote id) as soon as it returns; a batch's results are stored before it is marked collected.
 - At most ``max_in_flight`` batches are submitted-but-not-collected at once. A batch whose
   create was refused (429: nothing started) lets its slot go while it waits to send again.
+  A batch whose read was refused (429) lets its slot go once it is due (the time batches
+  take has passed: the vendor should be done with it), and is read without one after the
+  wait: a ``Retry-After`` of seconds would otherwise keep a finished batch's place. Only
+  while fewer than ``PARKED`` x ``max_in_flight`` batches are out, so a run whose reads
+  are all refused stops starting batches.
   A collected batch whose results the vendor keeps (``BatchPoll.kept``) lets its slot go
   before they are stored, and the store waits until the create that takes the slot has left
   (``_creates_first``): storing blocks the event loop for a few ms (fsyncs), and a create
@@ -73,6 +78,11 @@ WITHIN = 0.75
 # A collected batch's store waits at most this many event-loop turns for the create that
 # takes its slot to leave (it needs about three: the run loop, the batch's task, the send).
 CREATE_TURNS = 8
+# A batch waiting out a refused read (429) lets its slot go once it is due (see
+# ``Engine._read_refused``), while fewer than PARKED x ``max_in_flight`` batches are out: 3, as
+# at 5% of reads refused with ``Retry-After: 1`` (5 batch times) 2x was often full.
+PARKED = 3
+RECHECKS = 8  # times a refused read looks again whether its batch is due, before it is known
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +484,25 @@ class Engine:
         await self._sleep(seconds)
         await slot.acquire()
 
+    async def _read_refused(self, slot: _Slot, started: float, seconds: float) -> None:
+        """A read was refused: wait ``seconds``. Once the batch is due (expected done), it lets
+        ``slot`` go for the rest of the wait: the vendor runs nothing of it, so another batch
+        may start. Only while fewer than ``PARKED`` x ``max_in_flight`` batches are out: a run
+        whose reads are all refused must not start batch after batch. Until the run has
+        learned how long batches take (or while too many are out), it looks again every
+        ``seconds / RECHECKS`` (at least ``poll_interval``)."""
+        end = self._clock() + seconds
+        step = max(self.options.poll_interval, seconds / RECHECKS)
+        while slot.held and (left := end - self._clock()) > 0:
+            expected = self.timer.expected
+            due = None if expected is None else started + expected - self._clock()
+            if due is not None and due <= 0 and len(self._in_flight) < PARKED * self.options.max_in_flight:
+                slot.release()
+                break
+            await self._sleep(min(left, due if due is not None and due > 0 else step))
+        if (left := end - self._clock()) > 0:
+            await self._sleep(left)
+
     def _unresolved(self, batch_id: str, keys: tuple[str, ...], why: str) -> bool:
         """Apply ``on_ambiguous`` to a create that may have been paid; True = send again."""
         name = self.ctx.provider.name
@@ -518,7 +547,8 @@ class Engine:
             if wait > 0:
                 await self._sleep(wait)
             sent = self._clock() - started
-            poll = await self.ctx.provider.poll(self.api, self.ctx.workflow, ref)
+            with on_refused(partial(self._read_refused, slot, started)):
+                poll = await self.ctx.provider.poll(self.api, self.ctx.workflow, ref)
             self._note(poll)
             if poll.done:
                 break

@@ -52,8 +52,9 @@ _ON_SEND: contextvars.ContextVar[Callable[[], None] | None] = contextvars.Contex
 )
 
 
-# Set by whoever holds a scarce place while its create is sent (the engine's in-flight slot):
-# a create refused with 429 was never processed, so its wait need not keep that place.
+# Set by whoever holds a scarce place while its requests are sent (the engine's in-flight
+# slot): a request refused with 429 waits by awaiting it, and the holder decides whether the
+# wait keeps that place (a refused create ran nothing; a batch whose read is refused may be done).
 _ON_REFUSED: contextvars.ContextVar[Callable[[float], Awaitable[None]] | None] = contextvars.ContextVar(
     "frame_batch_on_refused", default=None
 )
@@ -61,8 +62,8 @@ _ON_REFUSED: contextvars.ContextVar[Callable[[float], Awaitable[None]] | None] =
 
 @contextlib.contextmanager
 def on_refused(wait: Callable[[float], Awaitable[None]]) -> Iterator[None]:
-    """A create refused with 429 in this block (tasks started in it too) waits its backoff by
-    awaiting ``wait(seconds)`` instead of sleeping: the caller lets its slot go meanwhile."""
+    """A request refused with 429 in this block (tasks started in it too) waits its backoff by
+    awaiting ``wait(seconds)`` instead of sleeping: the caller may let its slot go meanwhile."""
     token = _ON_REFUSED.set(wait)
     try:
         yield
@@ -301,7 +302,7 @@ class ApiClient:
             if is_retryable_status(response.status_code, create=create) and self._may_retry(attempt):
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 why = f"{method} {path}: HTTP {response.status_code}"
-                refused = _ON_REFUSED.get() if create else None  # only a create's 429 gets here
+                refused = _ON_REFUSED.get() if response.status_code == 429 else None
                 await self._wait(attempt, retry_after, why, read=not create, sleep=refused)
                 attempt += 1
                 continue

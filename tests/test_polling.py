@@ -12,7 +12,7 @@ import itertools
 import random
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import certifi
@@ -23,11 +23,11 @@ from conftest import KEY, SPELL, stored_parts, topics
 
 import frame_batch
 from frame_batch import Respell, RetryPolicy
-from frame_batch._engine import NEAR, Engine, EngineOptions, EngineReport, PollTimer, RunContext
+from frame_batch._engine import NEAR, PARKED, Engine, EngineOptions, EngineReport, PollTimer, RunContext
 from frame_batch._http import ApiClient, _tls_context
 from frame_batch._keys import row_key, scope_of
 from frame_batch._pending import MAX_ROWS
-from frame_batch._types import Batch
+from frame_batch._types import Batch, Progress, ProgressCallback
 from frame_batch.store import Store
 from frame_batch.testing import Faults, RespellEmulator
 
@@ -71,6 +71,7 @@ class Polls:
         self.answer_time = answer_time
         self.create_answer_times = create_answer_times or iter(())
         self.seen: list[tuple[float, str, str | None]] = []
+        self.statuses: list[int] = []  # of the answers, in the order of ``seen``
 
     def transport(self) -> httpx.MockTransport:
         def handle(request: httpx.Request) -> httpx.Response:
@@ -81,11 +82,21 @@ class Polls:
             if self.on_request is not None:
                 self.on_request(route)
             response = self.emu.handler(request)
+            self.statuses.append(response.status_code)
             slow = next(self.create_answer_times, None) if route == "bulkStart" else None
             self.clock.now += self.answer_time if slow is None else slow
             return response
 
         return httpx.MockTransport(handle)
+
+    def most_out(self) -> int:
+        """The most batches created and not yet read done at any time (with no latency, every
+        poll that is answered finds its batch done)."""
+        out, most = 0, 0
+        for (_, route, _), status in zip(self.seen, self.statuses, strict=True):
+            out += (status == 200) * ((route == "bulkStart") - (route == "getBulkRuns"))
+            most = max(most, out)
+        return most
 
     def per_batch(self) -> list[list[float]]:
         """The times each batch was polled, batches in the order they were first polled."""
@@ -117,7 +128,10 @@ def run_engine(
     answer_time: float = 0.0,
     create_answer_times: Iterator[float] | None = None,
     on_request: Callable[[str], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[EngineReport, Polls]:
+    """One batch in flight; ``sleep`` is the engine's own (the clock's by default)."""
     polls = Polls(emu, clock, answer_time, create_answer_times, on_request)
     provider = Respell(api_key=KEY)
 
@@ -137,7 +151,13 @@ def run_engine(
     store = Store(tmp_path / "cache")
     options = EngineOptions(max_in_flight=1, poll_interval=poll_interval, first_poll=first_poll)
     engine = Engine(
-        RunContext(provider, SPELL, "scope", "print"), api, store, options, sleep=clock.sleep, clock=clock
+        RunContext(provider, SPELL, "scope", "print"),
+        api,
+        store,
+        options,
+        sleep=sleep or clock.sleep,
+        clock=clock,
+        progress=progress,
     )
 
     async def go() -> EngineReport:
@@ -253,11 +273,14 @@ def test_each_first_retry_of_a_read_is_capped_and_retry_after_is_honoured(tmp_pa
             emu.inject("429" if i == 8 else "500", op="read", count=1)  # this batch's poll fails once
             yield batch
 
-    report, _ = run_engine(tmp_path, emu, clock, work(), poll_interval=0.05, policy=policy, api_sleeps=waits)
+    report, polls = run_engine(
+        tmp_path, emu, clock, work(), poll_interval=0.05, policy=policy, api_sleeps=waits
+    )
     assert report.rows_collected == 27
-    assert len(waits) == 9
-    assert all(0.0 <= w <= 0.05 for w in waits[:8]), waits
-    assert waits[8] == 1.5
+    assert len(waits) == 8  # the 429's wait is the engine's: it may let the batch's slot go
+    assert all(0.0 <= w <= 0.05 for w in waits), waits
+    refused = polls.per_batch()[-1]
+    assert refused[1] - refused[0] == pytest.approx(1.5)  # Retry-After, waited out exactly
 
 
 def run_in_one_slot(cache: Path, handle: Callable[[httpx.Request], httpx.Response]) -> frame_batch.RunResult:
@@ -391,6 +414,66 @@ def test_a_refused_create_lets_its_slot_go_while_it_waits(tmp_path: Path) -> Non
         assert 0 <= in_flight <= 1, seen
     assert [r for r, s in seen if r == "bulkStart" and s == 200] == ["bulkStart"] * 3
     assert api.retries == 1
+
+
+def test_a_batch_whose_read_is_refused_lets_its_slot_go_once_it_is_due(tmp_path: Path) -> None:
+    """One slot; batches take 1 s. The fourth batch's first poll (at ~0.9 s, just before it is
+    due) is refused with Retry-After: 7. It keeps its slot until it is due, then lets it go:
+    the vendor runs nothing of it. The fifth batch is created and collected during the wait,
+    which a batch holding its slot through the wait would never allow (the wait ends only
+    then: this test would hang, then time out)."""
+    clock = FakeClock()
+    emu = RespellEmulator(latency=1.0, clock=clock, faults=Faults(retry_after=7.0))
+    fifth_done = asyncio.Event()
+
+    def work() -> Iterator[Batch]:
+        for i, batch in enumerate(batches(5)):
+            if i == 3:
+                emu.inject("429", op="read", count=1)  # the next read is this batch's first poll
+            yield batch
+
+    async def sleep(seconds: float) -> None:
+        if seconds > 5.0:  # the rest of the refused read's wait
+            await asyncio.wait_for(fifth_done.wait(), timeout=10)
+        await clock.sleep(seconds)
+
+    def progress(p: Progress) -> None:
+        if p.done == 12:  # batches 1-3 and 5
+            fifth_done.set()
+
+    policy = RetryPolicy(initial=0.0, maximum=0.0)  # Retry-After is waited out, nothing else
+    report, polls = run_engine(
+        tmp_path, emu, clock, work(), poll_interval=STEP, policy=policy, sleep=sleep, progress=progress
+    )
+    assert report.rows_collected == 15
+    assert report.rows_failed == 0
+    groups = list(dict.fromkeys(group for _, _, group in polls.seen if group is not None))
+    fourth = [i for i, (_, _, group) in enumerate(polls.seen) if group == groups[3]]
+    fifth_create = [i for i, (_, route, _) in enumerate(polls.seen) if route == "bulkStart"][4]
+    assert len(fourth) == 2  # refused, then done
+    assert fourth[0] < fifth_create < fourth[1]  # created while the fourth waited
+    refused_at, created_at = polls.seen[fourth[0]][0], polls.seen[fifth_create][0]
+    assert created_at - refused_at >= 0.05  # not at once: the fourth was still due to finish
+
+
+def test_batches_whose_reads_are_all_refused_stop_taking_new_slots(tmp_path: Path) -> None:
+    """One slot; after the first batch, every read is refused for a while. Refused batches
+    that are due let their slot go, but only while fewer than PARKED x max_in_flight batches
+    are out: then the slot is kept, and no more batches start until reads are answered."""
+    clock = FakeClock()
+    emu = RespellEmulator(latency=0.0, clock=clock, faults=Faults(retry_after=1.0))
+
+    def work() -> Iterator[Batch]:
+        for i, batch in enumerate(batches(8)):
+            if i == 1:
+                emu.inject("429", op="read", count=15)
+            yield batch
+
+    policy = RetryPolicy(attempts=20, initial=0.0, maximum=0.0)  # one read may be refused often
+    report, polls = run_engine(tmp_path, emu, clock, work(), poll_interval=STEP, policy=policy)
+    assert report.rows_collected == 24
+    assert polls.statuses.count(429) == 15
+    assert polls.most_out() == PARKED  # reached (refused batches let their slot go), never passed
 
 
 # -- the parts --------------------------------------------------------------------------------
