@@ -55,11 +55,11 @@ def test_a_throughput_cell_counts_its_requests(faults: dict[str, Any] | None) ->
 
 
 def test_the_target_cell_repeats_clean_and_with_faults() -> None:
-    repeats = worker("benchmarks.throughput:target_repeats", runs=1, rounds=3, fault_rounds=3)
-    for kind in ("clean", "faults"):
+    repeats = worker("benchmarks.throughput:target_repeats", runs=1, fault_runs=1, rounds=3, fault_rounds=4)
+    for kind, rows in (("clean", 4800), ("faults", 6400)):
         (cell,) = repeats[kind]
         assert (cell["batch_size"], cell["in_flight"]) == (100, 16)
-        assert cell["succeeded"] == cell["rows"] == 4800
+        assert cell["succeeded"] == cell["rows"] == rows
     assert any(name.startswith("fault:") for name in repeats["faults"][0]["requests"])
 
 
@@ -103,10 +103,11 @@ def test_the_efficiency_target_reads_the_median_of_the_target_cells_runs(report:
     """The grid's run of B=100, C=16 and its repeats: the median decides, the range is shown."""
     _efficiency_target = report._efficiency_target
 
-    def cell(efficiency: float, batch_size: int = 100) -> dict[str, Any]:
+    def cell(efficiency: float, batch_size: int = 100, rows: int = 32_000) -> dict[str, Any]:
         return {
             "batch_size": batch_size,
             "in_flight": 16,
+            "rows": rows,
             "efficiency": efficiency,
             "rows_per_s": efficiency * 8000,
             "bound_rows_per_s": 8000.0,
@@ -121,3 +122,8 @@ def test_the_efficiency_target_reads_the_median_of_the_target_cells_runs(report:
     assert target["passed"] is True
     data["target_repeats"]["clean"][1] = cell(0.89)
     assert _efficiency_target(data, "clean")["passed"] is False
+    # Longer repeats (the faults target's) replace the grid's shorter run.
+    data = {"faults": grid, "target_repeats": {"faults": [cell(r, rows=400_000) for r in (0.93, 0.9, 0.91)]}}
+    target = _efficiency_target(data, "faults")
+    assert target["measured"] == "91.0% (7,280 of 8,000 rows/s), median of 3 runs: 90.0%-93.0%"
+    assert "400,000 rows" in target["target"]
