@@ -82,7 +82,9 @@ CREATE_TURNS = 8
 # ``Engine._read_refused``), while fewer than PARKED x ``max_in_flight`` batches are out: 3, as
 # at 5% of reads refused with ``Retry-After: 1`` (5 batch times) 2x was often full.
 PARKED = 3
-RECHECKS = 8  # times a refused read looks again whether its batch is due, before it is known
+# While a batch's due time is unknown (nothing learned yet) or too many are out, a refused
+# read's wait looks again this many times whether it may let the slot go.
+RECHECKS = 8
 
 
 @dataclass(frozen=True, slots=True)
