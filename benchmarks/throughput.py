@@ -20,9 +20,8 @@ on="all")``, the 429s saying ``Retry-After: 1``, the emulator's default).
 A full run also runs the target cell (B=100, C=16) twice more clean (the target reads the
 median of the three) and once with faults over 625 rounds (1,000,000 rows, 125 s at the
 bound: the target reads that run, see ``FAULT_TARGET_ROUNDS``), sweeps the poll interval
-there, and runs that
-cell under fault variants (one knob changed at a time) to show which fault costs what, and
-once against the stock emulator (no socket tuning, see ``_emulator.py``).
+there, runs that cell under fault variants (one knob changed at a time) to show which fault
+costs what, and once against the stock emulator (no socket tuning, see ``_emulator.py``).
 The emulator is a ThreadingHTTPServer: ``server_busy`` near 1.0 means it was the bottleneck
 (one core at most, GIL); ``client_busy`` near 1.0 means the client was.
 """
@@ -53,9 +52,9 @@ FAULT_VARIANTS: list[Json] = [  # the target cell again, one fault knob changed 
 CLEAN_ROUNDS = 20
 FAULT_ROUNDS = 10
 MIN_FAULT_BATCHES = 30  # per cell with faults: fault delays vary a lot from batch to batch
-# The target cell (B=100, C=16) runs this many more times in a full run, clean and with
-# faults, and the target reads the median: a cell of a few seconds varies by points from
-# run to run (a 1 s Retry-After near its end adds to the whole run).
+# The target cell (B=100, C=16) runs this many more times clean in a full run, and the
+# target reads the median of the three: a cell of a few seconds varies by points from run
+# to run.
 TARGET_REPEATS = 2
 # Under faults the target reads one run of 1,000,000 rows (125 s at the bound; the scale of
 # the CPU, memory and resume targets). A 429 near a run's end costs the run its Retry-After

@@ -545,11 +545,12 @@ class Engine:
         stored: set[str] = set()
         running_at: float | None = None
         running = 0  # polls that found the batch running
+        refused = partial(self._read_refused, slot, started)  # how a poll refused with 429 waits
         while True:
             if wait > 0:
                 await self._sleep(wait)
             sent = self._clock() - started
-            with on_refused(partial(self._read_refused, slot, started)):
+            with on_refused(refused):
                 poll = await self.ctx.provider.poll(self.api, self.ctx.workflow, ref)
             self._note(poll)
             if poll.done:
